@@ -1,0 +1,43 @@
+"""``python -m risbench [overrides]``: the one Hydra app; ``mode=`` picks the job (README "CLI")."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from risbench.config import CONF_DIR
+from risbench.errors import RisbenchError
+
+# mode -> "module:function" under risbench.tasks (imported lazily: profile needs no data stack)
+TASKS = {
+    "train": "risbench.tasks.train:train",
+    "eval": "risbench.tasks.evaluate:evaluate",
+    "predict": "risbench.tasks.predict:predict",
+    "profile": "risbench.tasks.profile:profile",
+    "analyze": "risbench.tasks.analyze:analyze",
+}
+
+
+def run_task(cfg: DictConfig):
+    if cfg.mode not in TASKS:
+        raise RisbenchError(f"unknown mode={cfg.mode!r}; choose one of {', '.join(TASKS)}")
+    module_name, function_name = TASKS[cfg.mode].split(":")
+    return getattr(importlib.import_module(module_name), function_name)(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig):
+    try:
+        return run_task(cfg)
+    except RisbenchError as error:
+        logging.getLogger("risbench").error("%s", error)
+        print(f"\nrisbench error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The model contract: what lets one LightningModule drive every paper.
+
+A risbench model is an `nn.Module` subclass of `RISModel`:
+
+* ``__init__(..., vocab_size: int)`` -- the harness passes the configured tokenizer's vocabulary
+  size; every other argument comes from the ``model:`` config node (``_target_`` = the class).
+* ``forward(batch) -> dict`` -- ``batch`` is the collated dict of the DataModule:
+
+  ===================  =====================  =================================================
+  key                  shape / type           meaning
+  ===================  =====================  =================================================
+  ``image``            (B, 3, S, S) float     normalised input image (letterbox or stretch to S)
+  ``tokens``           (B, T) long            token ids, 0 = padding
+  ``attention_mask``   (B, T) long            1 on real tokens, 0 on padding
+  ``mask``             (B, 1, S, S) float     ground truth at input resolution (train/val/test)
+  ``valid_box``        (B, 4) long            (y0, x0, y1, x1) of the image content in the input
+  ``orig_size``        (B, 2) long            (H, W) of the original image
+  ``orig_masks``       list[(H, W) bool]      ground truth at original resolution (eval only)
+  ``num_words``        (B,) long              expression length in words (length buckets)
+  ``text``, ``ref_id``, ``sent_id``, ``image_id``: lists of per-sample metadata
+  ===================  =====================  =================================================
+
+* ``loss(outputs, batch) -> dict`` -- ``loss`` (the scalar to minimise) plus named parts; every entry is
+  logged as ``train/<name>``.
+* ``mask_logits(outputs) -> (B, 1, h, w)`` -- the final prediction as a foreground logit (two-class
+  models return ``fg - bg``, so ``logit >= 0`` is the argmax); the harness resizes it back to the
+  original image, thresholds it and scores it.
+
+Optional: ``no_weight_decay() -> set[str]`` of extra parameter names exempt from weight decay (timm
+convention), ``load_pretrained()`` called once before training to load local weights.
+The LightningModule never knows which paper it runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+
+class RISModel(nn.Module, ABC):
+    """Base class of every architecture; see the module docstring for the contract."""
+
+    @abstractmethod
+    def forward(self, batch: dict) -> dict:
+        ...
+
+    @abstractmethod
+    def loss(self, outputs: dict, batch: dict) -> dict:
+        ...
+
+    @abstractmethod
+    def mask_logits(self, outputs: dict) -> torch.Tensor:
+        ...
+
+    def no_weight_decay(self) -> set[str]:
+        return set()

@@ -1,0 +1,134 @@
+"""Multi-head attention and the pre-LN transformer block shared by the papers' own modules.
+
+Hot path: `F.scaled_dot_product_attention` (fused kernels on GPU and CPU). Every attention module here
+(and timm's) carries a ``fused_attn`` flag; `explicit_attention(model)` turns it off so the attention
+matmuls run as plain ``matmul`` ops that FLOP counters see and that can return attention maps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when ``context`` is None, else cross-attention to it."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, context_dim: int | None = None,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = True
+        self.is_cross = context_dim is not None
+        if self.is_cross:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(context_dim, 2 * dim, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.last_attention: torch.Tensor | None = None  # (B, heads, N, M) when record_attention
+        self.record_attention = False
+
+    def _split(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        B, N, _ = x.shape
+        x = x.view(B, N, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return x.unbind(0)  # each (B, heads, N, head_dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B,N,C); context (B,M,Cc) for cross-attention; key_padding_mask (B,M) True = ignore."""
+        B, N, C = x.shape
+        if self.is_cross:
+            (q,) = self._split(self.q(x), 1)
+            k, v = self._split(self.kv(context), 2)
+        else:
+            q, k, v = self._split(self.qkv(x), 3)
+        bias = None
+        if key_padding_mask is not None:
+            bias = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+        drop = self.attn_drop if self.training else 0.0
+        if self.fused_attn and not self.record_attention:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
+            attn = attn.softmax(dim=-1)
+            if self.record_attention:
+                self.last_attention = attn.detach()
+            attn = F.dropout(attn, drop)
+            out = attn @ v
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+
+class Block(nn.Module):
+    """Transformer block: pre-LN ``x + DropPath(MSA(LN(x)))``, ``x + DropPath(MLP(LN(x)))``.
+
+    ``norm_first=False`` gives the post-LN variant ``LN(x + f(x))`` used by some official code.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int | None = None, qkv_bias: bool = True,
+                 drop_path: float = 0.0, norm_first: bool = True, norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm_first = norm_first
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim or 4 * dim, act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.drop_path(self.attn(self.norm1(x), key_padding_mask=key_padding_mask))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.norm1(x + self.drop_path(self.attn(x, key_padding_mask=key_padding_mask)))
+        return self.norm2(x + self.drop_path(self.mlp(x)))
+
+
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Run every attention module of ``model`` (ours, timm's, transformers') on explicit matmuls.
+
+    Used for FLOP counting (fused kernels hide their matmuls from counters) and attention maps.
+    """
+    saved = []
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            saved.append((module, module.fused_attn))
+            module.fused_attn = False
+    bert_configs = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            bert_configs.append((config, config._attn_implementation))
+            config._attn_implementation = "eager"
+    try:
+        yield model
+    finally:
+        for module, flag in saved:
+            module.fused_attn = flag
+        for config, impl in bert_configs:
+            config._attn_implementation = impl
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """Fixed sine/cosine position table of Vaswani et al.: (length, dim); row 0 = [0, 1, 0, 1, ...]."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(10000.0)) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div[: dim // 2])
+    return table

@@ -1,0 +1,57 @@
+"""Loading pretrained weights from local files (nothing is downloaded at run time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from risbench.errors import MissingFileError, RisbenchError
+
+
+def read_state_dict(path: str | Path, what: str, hint: str) -> dict[str, torch.Tensor]:
+    """Read a ``.pth/.pt/.bin``, ``.safetensors`` or ``.npz`` file into a flat state dict.
+
+    Unwraps the usual containers (``model``, ``state_dict``, ``module``). ``what`` and ``hint`` make the
+    error say what the file is and where to get it.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError(what, path, hint)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as arrays:
+                state = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable file: say which and why
+        raise RisbenchError(f"{what} at {path} could not be read ({type(exc).__name__}: {exc}).\n"
+                            f"  how to fix: {hint}") from None
+    for key in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise RisbenchError(f"{what} at {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str,
+              allowed_missing: tuple[str, ...] = (), allowed_unexpected: tuple[str, ...] = ()) -> None:
+    """``load_state_dict(strict=False)`` that fails clearly when keys other than the allowed ones differ."""
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(allowed_missing)] if allowed_missing \
+        else list(result.missing_keys)
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(allowed_unexpected)] \
+        if allowed_unexpected else list(result.unexpected_keys)
+    if missing or unexpected:
+        raise RisbenchError(
+            f"{what} does not match the model: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}.\n"
+            "  how to fix: point the config at a checkpoint of the same architecture and size.")

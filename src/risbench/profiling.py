@@ -1,0 +1,52 @@
+"""Parameter and MAC counting (``mode=profile``, FLOP tables, fidelity tests).
+
+MACs = multiply-adds counted once = ``torch.utils.flop_counter`` FLOPs / 2 (the convention of fvcore
+and of most papers' "FLOPs"). Counted inside `explicit_attention`, so attention matmuls are included.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from risbench.models.common.attention import explicit_attention
+
+
+def count_params(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, int]:
+    """Total and trainable parameter counts; names starting with a prefix in ``exclude`` are skipped."""
+    total = trainable = 0
+    for name, param in model.named_parameters():
+        if name.startswith(exclude) if exclude else False:
+            continue
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return {"total": total, "trainable": trainable}
+
+
+def params_by_module(model: nn.Module) -> dict[str, int]:
+    """Parameters per top-level child module."""
+    counts: dict[str, int] = defaultdict(int)
+    for name, param in model.named_parameters():
+        counts[name.split(".", 1)[0]] += param.numel()
+    return dict(counts)
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, batch: dict) -> tuple[int, dict[str, int]]:
+    """MACs of one ``model(batch)`` forward: (total, per top-level child module)."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False, depth=2)
+    with explicit_attention(model), counter:
+        model(batch)
+    model.train(was_training)
+    per_module: dict[str, int] = {}
+    root = type(model).__name__
+    for module_name, ops in counter.get_flop_counts().items():
+        parts = module_name.split(".")
+        if len(parts) == 2 and parts[0] == root:
+            per_module[parts[1]] = sum(ops.values()) // 2
+    return counter.get_total_flops() // 2, per_module

@@ -1,0 +1,32 @@
+"""mode=eval ckpt_path=PATH: test a checkpoint on every test split of the configured dataset."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from omegaconf import DictConfig
+
+from risbench.profiling import count_params
+from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer,
+                                   check_checkpoint_matches, collect_metrics, log, print_metrics,
+                                   resolve_ckpt_path, write_results)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    started = time.time()
+    ckpt_path = resolve_ckpt_path(cfg, required=True)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    net = build_net(cfg, datamodule.tokenizer.vocab_size)
+    lit = build_lit(cfg, net, datamodule)
+    check_checkpoint_matches(ckpt_path, lit)
+    trainer = build_trainer(cfg, with_callbacks=False)
+    trainer.test(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    metrics = collect_metrics(trainer, datamodule.test_split_names)
+    if trainer.is_global_zero:
+        print_metrics(metrics, f"{cfg.name}: eval of {ckpt_path}")
+        path = write_results(cfg, started, metrics=metrics, params=count_params(net), checkpoint=ckpt_path,
+                             data_stats=getattr(datamodule, "stats", {}))
+        log.info("results written to %s", path)
+    return metrics

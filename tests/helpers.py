@@ -1,0 +1,35 @@
+"""Test helpers: compose the project config, list sweep jobs, run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from risbench.config import CONF_DIR
+
+REPO = CONF_DIR.parent
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+
+
+def sweep_overrides(sweep_cfg) -> list[list[str]]:
+    """Every job of an ablation file's ``hydra.sweeper.params`` grid, as override lists."""
+    params = sweep_cfg.hydra.sweeper.params if "hydra" in sweep_cfg else {}
+    keys = list(params or {})
+    values = [str(params[key]).split(",") for key in keys]
+    return [[f"{key}={value}" for key, value in zip(keys, combo)] for combo in itertools.product(*values)]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m risbench ARGS`` in ``cwd``; outputs land under cwd/outputs."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "risbench", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -22,11 +22,19 @@ TASKS = {
 }
 
 
+def _log_once() -> None:
+    """Lightning adds its own console handlers; Hydra's root handlers already print (and file) its records."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).handlers.clear()
+
+
 def run_task(cfg: DictConfig):
     if cfg.mode not in TASKS:
         raise RisbenchError(f"unknown mode={cfg.mode!r}; choose one of {', '.join(TASKS)}")
     module_name, function_name = TASKS[cfg.mode].split(":")
-    return getattr(importlib.import_module(module_name), function_name)(cfg)
+    task = getattr(importlib.import_module(module_name), function_name)
+    _log_once()
+    return task(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

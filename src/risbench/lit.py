@@ -69,7 +69,9 @@ class RISLitModule(L.LightningModule):
             return preds, targets
         if self.eval_cfg.resolution != "original":
             raise ValueError(f"eval.resolution must be 'original' or 'input', got {self.eval_cfg.resolution!r}")
-        preds = [unmap_to_original(logits[i], batch["valid_box"][i], batch["orig_size"][i])[0] >= self.logit_threshold
+        size = batch["image"].shape[-1]
+        preds = [unmap_to_original(logits[i], batch["valid_box"][i], batch["orig_size"][i], size)[0]
+                 >= self.logit_threshold
                  for i in range(logits.shape[0])]
         return preds, list(batch["orig_masks"])
 

@@ -22,10 +22,11 @@ def evaluate(cfg: DictConfig) -> dict:
     lit = build_lit(cfg, net, datamodule)
     check_checkpoint_matches(ckpt_path, lit)
     trainer = build_trainer(cfg, with_callbacks=False)
-    trainer.test(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    trainer.test(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False, verbose=False)
     metrics = collect_metrics(trainer, datamodule.test_split_names)
     if trainer.is_global_zero:
-        print_metrics(metrics, f"{cfg.name}: eval of {ckpt_path}")
+        print_metrics(metrics, f"{cfg.name}: eval")
+        log.info("evaluated %s", ckpt_path)
         path = write_results(cfg, started, metrics=metrics, params=count_params(net), checkpoint=ckpt_path,
                              data_stats=getattr(datamodule, "stats", {}))
         log.info("results written to %s", path)

@@ -29,7 +29,7 @@ def train(cfg: DictConfig) -> dict:
         callback = trainer.checkpoint_callback
         test_ckpt = (callback.best_model_path if cfg.eval.ckpt_select == "best" else callback.last_model_path) \
             or callback.last_model_path or None
-    trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False)
+    trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False, verbose=False)
     metrics = collect_metrics(trainer, [datamodule.val_split, *datamodule.test_split_names])
     if trainer.is_global_zero:
         print_metrics(metrics, f"{cfg.name}: test ({cfg.eval.ckpt_select} checkpoint)")

@@ -1,0 +1,72 @@
+"""mode=predict ckpt_path=PATH predict.image=IMG predict.text="...": a mask PNG and an overlay PNG."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw
+
+from risbench.data.tokenizers import build_tokenizer, count_words
+from risbench.data.transforms import InputTransform, load_rgb, unmap_to_original
+from risbench.errors import MissingFileError, RisbenchError
+from risbench.tasks.common import (build_net, check_checkpoint_matches, log, resolve_ckpt_path, run_dir,
+                                   tokenizer_kwargs, write_results)
+
+OVERLAY_COLOUR = np.array([255, 40, 40], np.float32)
+
+
+def overlay(image: Image.Image, mask: np.ndarray, caption: str, alpha: float = 0.5) -> Image.Image:
+    """The mask tinted on the image, with the expression as a caption strip underneath."""
+    pixels = np.asarray(image, np.float32).copy()
+    pixels[mask] = (1 - alpha) * pixels[mask] + alpha * OVERLAY_COLOUR
+    tinted = Image.fromarray(pixels.astype(np.uint8))
+    if tinted.width < 256:  # small images (synthref) upscaled so the caption fits
+        factor = -(-256 // tinted.width)
+        tinted = tinted.resize((tinted.width * factor, tinted.height * factor), Image.NEAREST)
+    strip = 24
+    canvas = Image.new("RGB", (tinted.width, tinted.height + strip), "white")
+    canvas.paste(tinted, (0, 0))
+    ImageDraw.Draw(canvas).text((4, tinted.height + 6), caption, fill="black")
+    return canvas
+
+
+def predict(cfg: DictConfig) -> dict:
+    started = time.time()
+    ckpt_path = resolve_ckpt_path(cfg, required=True)
+    image_path, text = cfg.predict.image, cfg.predict.text
+    if not image_path or text is None:
+        raise RisbenchError('mode=predict needs predict.image=PATH and predict.text="the expression"')
+    if not Path(image_path).is_file():
+        raise MissingFileError("predict.image", image_path, "pass the path of an existing image file")
+    if not str(text).strip():
+        raise RisbenchError("predict.text is empty; give the referring expression to segment")
+    tokenizer = build_tokenizer(**tokenizer_kwargs(cfg))
+    net = build_net(cfg, tokenizer.vocab_size)
+    checkpoint = check_checkpoint_matches(ckpt_path, torch.nn.ModuleDict({"net": net}))
+    net.load_state_dict({key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()})
+    net.eval()
+
+    image = load_rgb(image_path)
+    transform = InputTransform(int(cfg.data.img_size), cfg.data.resize, cfg.data.normalize)
+    pixels, _, valid_box = transform(image)
+    tokens, attention_mask = tokenizer([str(text)])
+    batch = {"image": pixels[None], "tokens": tokens, "attention_mask": attention_mask,
+             "valid_box": valid_box[None], "orig_size": torch.tensor([[image.height, image.width]]),
+             "num_words": torch.tensor([count_words(str(text))]), "text": [str(text)]}
+    with torch.no_grad():
+        logits = net.mask_logits(net(batch)).float()
+    threshold = float(np.log(cfg.eval.threshold / (1 - cfg.eval.threshold)))
+    mask = (unmap_to_original(logits[0], valid_box, (image.height, image.width), pixels.shape[-1])[0]
+            >= threshold).numpy()
+
+    out = run_dir()
+    Image.fromarray((mask * 255).astype(np.uint8)).save(out / "mask.png")
+    overlay(image, mask, str(text)).save(out / "overlay.png")
+    log.info("wrote %s and %s (%d foreground pixels)", out / "mask.png", out / "overlay.png", int(mask.sum()))
+    write_results(cfg, started, checkpoint=ckpt_path, image=str(image_path), text=str(text),
+                  foreground_pixels=int(mask.sum()), outputs=["mask.png", "overlay.png"])
+    return {"mask": str(out / "mask.png"), "overlay": str(out / "overlay.png")}

@@ -42,7 +42,6 @@ def main(cfg: DictConfig):
     try:
         return run_task(cfg)
     except RisbenchError as error:
-        logging.getLogger("risbench").error("%s", error)
         print(f"\nrisbench error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -50,7 +50,9 @@ class RISLitModule(L.LightningModule):
     def forward(self, batch: dict) -> dict:
         return self.net(batch)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every sample of the batch was an unreadable image (data.skip_corrupt=true)
+            return None
         losses = self.net.loss(self.net(batch), batch)
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()},
@@ -75,7 +77,9 @@ class RISLitModule(L.LightningModule):
                  for i in range(logits.shape[0])]
         return preds, list(batch["orig_masks"])
 
-    def _eval_step(self, batch: dict, split: str) -> None:
+    def _eval_step(self, batch: dict | None, split: str) -> None:
+        if batch is None:
+            return
         preds, targets = self.predict_masks(batch)
         self.metrics[split].update(preds, targets, batch["num_words"])
 

@@ -7,9 +7,19 @@ import time
 import lightning as L
 from omegaconf import DictConfig
 
+from risbench.errors import RisbenchError
 from risbench.profiling import count_params
 from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, collect_metrics,
                                    log, print_metrics, resolve_ckpt_path, write_results)
+
+
+def selected_checkpoint(trainer: L.Trainer, select: str) -> str | None:
+    """The best (monitored) or the last (unmonitored) checkpoint this fit wrote."""
+    if select not in ("best", "last"):
+        raise RisbenchError(f"eval.ckpt_select must be 'best' or 'last', got {select!r}")
+    paths = {"best" if callback.monitor else "last": callback.best_model_path
+             for callback in trainer.checkpoint_callbacks if callback.best_model_path}
+    return paths.get(select) or paths.get("last")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -24,11 +34,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg)
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
 
-    test_ckpt = None
-    if trainer.checkpoint_callback is not None and not trainer.fast_dev_run:
-        callback = trainer.checkpoint_callback
-        test_ckpt = (callback.best_model_path if cfg.eval.ckpt_select == "best" else callback.last_model_path) \
-            or callback.last_model_path or None
+    test_ckpt = None if trainer.fast_dev_run else selected_checkpoint(trainer, cfg.eval.ckpt_select)
     trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False, verbose=False)
     metrics = collect_metrics(trainer, [datamodule.val_split, *datamodule.test_split_names])
     if trainer.is_global_zero:

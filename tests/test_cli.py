@@ -1,0 +1,163 @@
+"""End-to-end runs of ``python -m risbench`` on a small synthref: every mode, resume, DDP, loggers, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import run_cli
+
+SMALL_DATA = ["data.synthref.train_images=40", "data.synthref.val_images=10", "data.synthref.testA_images=10",
+              "data.synthref.testB_images=10", "data.num_workers=0"]
+QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+
+
+def cli(tmp_path: Path, data_dir: Path, *args: str, expect_ok: bool = True, small_data: bool = True, **kwargs):
+    result = run_cli([f"paths.data_dir={data_dir}", *(SMALL_DATA if small_data else []), *args], cwd=tmp_path,
+                     **kwargs)
+    if expect_ok:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def run_dirs(root: Path, name: str = "default") -> list[Path]:
+    return sorted((root / "outputs" / name).iterdir())
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """One short training run of the default model; its folder and results."""
+    root = tmp_path_factory.mktemp("trained")
+    cli(root, data_dir, *QUICK)
+    (run,) = run_dirs(root)
+    return root, run
+
+
+@pytest.mark.slow
+def test_train_writes_results_and_checkpoints(trained):
+    root, run = trained
+    summary = results(run)
+    assert summary["mode"] == "train" and summary["experiment"] == "default"
+    assert set(summary["metrics"]) == {"val", "testA", "testB"}
+    for split in ("testA", "testB"):
+        assert 0.0 <= summary["metrics"][split]["oIoU"] <= 1.0 and summary["metrics"][split]["n"] > 0
+    assert summary["params"]["total"] > 0 and summary["git_revision"]
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_eval_of_the_tested_checkpoint_reproduces_the_train_results(trained, data_dir):
+    root, run = trained
+    tested = results(run)["checkpoint"]
+    cli(root, data_dir, "mode=eval", f"ckpt_path={tested}")
+    evaluation = results(run_dirs(root)[-1])
+    assert evaluation["mode"] == "eval"
+    for split in ("testA", "testB"):
+        assert evaluation["metrics"][split] == results(run)["metrics"][split]
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_counts_every_expression_once(trained, data_dir):
+    """2 CPU processes give exactly the numbers of 1 process, on a split whose size is odd."""
+    root, run = trained
+    ckpt = run / "checkpoints" / "last.ckpt"
+    odd = ["data.max_eval_samples=23", "data.eval_batch_size=4"]
+    cli(root, data_dir, "mode=eval", f"ckpt_path={ckpt}", *odd, "name=single")
+    cli(root, data_dir, "mode=eval", f"ckpt_path={ckpt}", *odd, "trainer=ddp_sim", "name=ddp")
+    single = results(run_dirs(root, "single")[0])["metrics"]
+    ddp = results(run_dirs(root, "ddp")[0])["metrics"]
+    assert single["testA"]["n"] == 23
+    assert single == ddp
+
+
+@pytest.mark.slow
+def test_predict_writes_mask_and_overlay(trained, data_dir):
+    root, run = trained
+    image = next((data_dir / "synthref" / "images").iterdir())
+    cli(root, data_dir, "mode=predict", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"predict.image={image}",
+        "predict.text='the red circle'", "name=predict")
+    out = run_dirs(root, "predict")[0]
+    from PIL import Image
+
+    mask = Image.open(out / "mask.png")
+    assert mask.size == Image.open(image).size and set(mask.getdata()) <= {0, 255}
+    assert (out / "overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_resume_from_last_is_exact(tmp_path, data_dir):
+    """Two epochs straight == one epoch, then ``ckpt_path=last`` for the second (weights and optimizer)."""
+    common = ["trainer.limit_train_batches=3", "optim.scheduler=null", "data.max_eval_samples=8"]
+    cli(tmp_path, data_dir, *common, "trainer.max_epochs=2", "name=straight")
+    cli(tmp_path, data_dir, *common, "trainer.max_epochs=1", "name=resumed")
+    cli(tmp_path, data_dir, *common, "trainer.max_epochs=2", "name=resumed", "ckpt_path=last")
+    first, second = run_dirs(tmp_path, "resumed")
+    assert results(second)["resumed_from"] == str(first / "checkpoints" / "last.ckpt")
+    straight = torch.load(run_dirs(tmp_path, "straight")[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert straight["global_step"] == resumed["global_step"] == 6
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert (first / "checkpoints" / "last.ckpt").is_file()  # the earlier run is untouched
+
+
+@pytest.mark.slow
+def test_multirun_sweep_gives_each_job_its_own_folder(tmp_path, data_dir):
+    cli(tmp_path, data_dir, "-m", "trainer.fast_dev_run=true", "seed=1,2")
+    (sweep,) = (tmp_path / "multirun" / "default").iterdir()
+    jobs = sorted(path.name for path in sweep.iterdir() if (path / "results.json").is_file())
+    assert jobs == ["0", "1"]
+    assert results(sweep / "1")["overrides"][-1] == "seed=2"
+
+
+@pytest.mark.slow
+def test_wandb_logger_runs_offline_without_network(tmp_path, data_dir):
+    result = cli(tmp_path, data_dir, "logger=wandb", "trainer.fast_dev_run=true", timeout=300,
+                 env={"WANDB_API_KEY": "", "WANDB_MODE": "", "HOME": str(tmp_path)})
+    run = run_dirs(tmp_path)[0]
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline, result.stderr[-2000:]
+
+
+def test_profile_needs_no_data(tmp_path, data_dir):
+    cli(tmp_path, data_dir, "mode=profile")
+    report = json.loads((run_dirs(tmp_path)[0] / "profile.json").read_text())
+    assert report["macs"] > 0 and report["params"]["total"] > 0
+    assert sum(row["params"] for row in report["by_module"].values()) == report["params"]["total"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mode=eval"], "needs a checkpoint"),
+    (["mode=eval", "ckpt_path=/nonexistent/model.ckpt"], "checkpoint not found: /nonexistent/model.ckpt"),
+    (["mode=dance"], "unknown mode"),
+    (["data=refcoco", "trainer.fast_dev_run=true"], "instances.json"),
+    (["mode=predict", "ckpt_path=/nonexistent.ckpt", "predict.text=x"], "checkpoint not found"),
+])
+def test_user_errors_are_one_clear_message(tmp_path, data_dir, args, message):
+    result = cli(tmp_path, data_dir, *args, expect_ok=False, small_data="data=refcoco" not in args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_choice_and_misspelled_key_fail_at_start_up(tmp_path, data_dir):
+    for args, name in ((["model=not_a_model"], "not_a_model"), (["model.fusoin.type=vme"], "fusoin")):
+        result = cli(tmp_path, data_dir, *args, expect_ok=False)
+        assert result.returncode != 0 and name in result.stderr
+        assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("results.json"))
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_is_refused_clearly(trained, data_dir, tmp_path):
+    root, run = trained
+    result = cli(tmp_path, data_dir, "mode=eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "model=lavt",
+                 expect_ok=False)
+    assert result.returncode == 2 and "does not match the configured model" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -16,8 +16,10 @@ QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
 
 
 def cli(tmp_path: Path, data_dir: Path, *args: str, expect_ok: bool = True, small_data: bool = True, **kwargs):
-    result = run_cli([f"paths.data_dir={data_dir}", *(SMALL_DATA if small_data else []), *args], cwd=tmp_path,
-                     **kwargs)
+    flags = [arg for arg in args if arg.startswith("-")]  # -m must precede the overrides
+    overrides = [f"paths.data_dir={data_dir}", *(SMALL_DATA if small_data else []),
+                 *(arg for arg in args if not arg.startswith("-"))]
+    result = run_cli([*flags, *overrides], cwd=tmp_path, **kwargs)
     if expect_ok:
         assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -119,11 +121,14 @@ def test_multirun_sweep_gives_each_job_its_own_folder(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_wandb_logger_runs_offline_without_network(tmp_path, data_dir):
-    result = cli(tmp_path, data_dir, "logger=wandb", "trainer.fast_dev_run=true", timeout=300,
+    # (fast_dev_run would swap every logger for a dummy one)
+    result = cli(tmp_path, data_dir, "logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                 "data.max_eval_samples=4", timeout=300,
                  env={"WANDB_API_KEY": "", "WANDB_MODE": "", "HOME": str(tmp_path)})
     run = run_dirs(tmp_path)[0]
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline, result.stderr[-2000:]
+    assert list(offline[0].glob("*.wandb"))  # the run's data, ready for `wandb sync`
 
 
 def test_profile_needs_no_data(tmp_path, data_dir):

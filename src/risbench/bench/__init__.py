@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m risbench.bench <data|model> [overrides]``."""

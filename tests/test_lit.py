@@ -1,0 +1,44 @@
+"""Every model trains, validates and tests one batch at tiny scale through the one LightningModule."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from risbench.data.tokenizers import build_tokenizer
+from risbench.lit import RISLitModule
+from risbench.tasks.common import tokenizer_kwargs
+from tests.helpers import compose_config
+
+MODELS = [
+    ["model=restr"],
+    ["model=restr", "model.fusion.type=vme", "model.decoder.enabled=false"],
+    ["model=lavt"],
+    ["model=sadlr"],
+    ["model=sadlr", "model.base=lts", "model.head=cgan"],
+    ["model=sadlr", "model.base=vlt", "model.head=sadlr"],
+]
+
+
+@pytest.mark.parametrize("overrides", MODELS, ids=lambda o: " ".join(o))
+def test_fast_dev_run_at_tiny_scale(overrides, tiny_synthref_dir, tmp_path):
+    cfg = compose_config([*overrides, "scale=tiny", "data=synthref", f"paths.data_dir={tiny_synthref_dir.parent}",
+                          "data.synthref=null", "data.num_workers=0", "data.batch_size=4",
+                          "optim.scheduler=null"])  # warm-up starts at lr 0: one step would not move
+    datamodule = instantiate(cfg.data, _recursive_=False)
+    datamodule.prepare_data()
+    tokenizer = build_tokenizer(**tokenizer_kwargs(cfg))
+    datamodule.set_tokenizer(tokenizer)
+    net = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all")
+    lit = RISLitModule(net, cfg.optim, cfg.eval, datamodule.val_split, datamodule.test_split_names)
+    before = {name: p.detach().clone() for name, p in net.named_parameters() if p.requires_grad}
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=tmp_path)
+    trainer.fit(lit, datamodule=datamodule)
+    changed = [name for name, p in net.named_parameters() if p.requires_grad and not torch.equal(p, before[name])]
+    assert changed, "one optimisation step changed no parameter"
+    trainer.test(lit, datamodule=datamodule, verbose=False)
+    for split in datamodule.test_split_names:
+        assert 0.0 <= float(trainer.callback_metrics[f"{split}/oIoU"]) <= 1.0

@@ -1,0 +1,69 @@
+"""Swin Transformer tower (timm) run stage by stage, loading the official Swin release checkpoints.
+
+Models that fuse language inside the backbone (LAVT) call `SwinTower.embed` and `SwinTower.stage` by hand;
+plain backbones call ``forward`` for per-stage feature maps. timm's stage ``s`` is PatchMerging (s > 0)
+followed by the blocks, so "after stage s" is between ``layers[s]`` and ``layers[s + 1]``.
+
+Weights come from the Microsoft release file (e.g. ``swin_base_patch4_window12_384_22k.pth``: ``model``
+state dict, downsampling at the end of each stage, ``relative_position_index``/``attn_mask`` buffers);
+timm's ``checkpoint_filter_fn`` converts that layout (and resizes relative-position tables when the
+window differs). The classifier and the final norm of the release are not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
+from torch import nn
+
+from risbench.models.common.weights import load_into, read_state_dict
+
+SWIN_HINT = ("download the official Swin release checkpoint (Swin-B: swin_base_patch4_window12_384_22k.pth "
+             "from the microsoft/Swin-Transformer releases) to that path, or set model.vision.pretrained=false")
+
+
+class SwinTower(nn.Module):
+    """Swin patch embedding + stages; ``out_norms`` adds a LayerNorm per stage output (dense backbones)."""
+
+    def __init__(self, img_size: int = 480, embed_dim: int = 128, depths: Sequence[int] = (2, 2, 18, 2),
+                 num_heads: Sequence[int] = (4, 8, 16, 32), window_size: int = 12, drop_path_rate: float = 0.3,
+                 pretrained: bool = True, checkpoint: str | None = None, out_norms: bool = False):
+        super().__init__()
+        swin = SwinTransformer(img_size=img_size, embed_dim=embed_dim, depths=tuple(depths),
+                               num_heads=tuple(num_heads), window_size=window_size,
+                               drop_path_rate=drop_path_rate, num_classes=0)
+        # keep only what runs: same parameter names as the release checkpoint (patch_embed.*, layers.*)
+        self.patch_embed = swin.patch_embed
+        self.layers = swin.layers
+        self.dims = [embed_dim * 2 ** i for i in range(len(depths))]
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims) if out_norms else None
+        self.pretrained = pretrained
+        self.checkpoint = checkpoint
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.layers)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(image)  # (B, H/4, W/4, C) channels-last
+
+    def stage(self, s: int, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[s](x)  # (B, H_s, W_s, D_s)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Per-stage feature maps (B, D_s, H_s, W_s), normalised when ``out_norms``."""
+        x = self.embed(image)
+        outs = []
+        for s in range(self.num_stages):
+            x = self.stage(s, x)
+            out = self.norms[s](x) if self.norms is not None else x
+            outs.append(out.permute(0, 3, 1, 2))
+        return outs
+
+    def load_pretrained(self) -> None:
+        state = read_state_dict(self.checkpoint or "", "Swin checkpoint (model.vision.checkpoint)", SWIN_HINT)
+        state = checkpoint_filter_fn(state, self)
+        load_into(self, state, "Swin checkpoint", allowed_missing=("norms.",),
+                  allowed_unexpected=("norm.", "head."))

@@ -1,0 +1,100 @@
+"""Word-embedding tables initialised from pretrained word vectors (GloVe) read from local files.
+
+Two file forms, both mapped onto the tokenizer's vocabulary (row ``i`` = token id ``i``):
+
+* the standard GloVe text file (``glove.840B.300d.txt``: one ``word v1 ... vD`` per line), streamed so
+  only the vocabulary's words are kept;
+* a saved ``.npy`` matrix: either already aligned with the tokenizer (``V`` rows, no word list) or with
+  its own word list (``vectors_vocab``: one word per line, row order) that is matched by word.
+
+Words without a vector get ``N(0, oov_std)`` rows; the padding row (id 0) is zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from risbench.errors import MissingFileError, RisbenchError
+
+GLOVE_HINT = ("download glove.840B.300d.zip from https://nlp.stanford.edu/projects/glove/, unzip it and point "
+              "the config at the .txt file (or at a saved .npy matrix), or set the path to null for a "
+              "randomly initialised table")
+
+
+def read_vocab(path: str | Path) -> list[str]:
+    """Words in id order from a vocabulary file, one word per line (the ``glove`` tokenizer's format)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError("word vocabulary file", path, "the tokenizer's words.txt (one word per line)")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _read_glove_text(path: Path, words: list[str], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stream a GloVe text file; exact-case matches win over lowercase matches."""
+    index = {w: i for i, w in enumerate(words)}
+    vectors = np.zeros((len(words), dim), dtype=np.float32)
+    found = np.zeros(len(words), dtype=np.int8)  # 0 none, 1 lowercase match, 2 exact match
+    with path.open("r", encoding="utf-8", errors="ignore") as handle:
+        for line in handle:
+            parts = line.rstrip().rsplit(" ", dim)  # some 840B words contain spaces
+            if len(parts) != dim + 1:
+                continue
+            word = parts[0]
+            if word in index:
+                i, quality = index[word], 2
+            elif word.lower() in index:
+                i, quality = index[word.lower()], 1
+            else:
+                continue
+            if found[i] < quality:
+                vectors[i] = np.asarray(parts[1:], dtype=np.float32)
+                found[i] = quality
+    return vectors, found > 0
+
+
+def load_word_vectors(path: str | Path, words: list[str], dim: int,
+                      vectors_vocab: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectors for ``words`` from a GloVe ``.txt`` or a ``.npy`` matrix: ``(V, dim)`` and a ``(V,)`` found mask."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError("word vectors (GloVe)", path, GLOVE_HINT)
+    if path.suffix == ".npy":
+        matrix = np.load(path).astype(np.float32)
+        if matrix.ndim != 2 or matrix.shape[1] != dim:
+            raise RisbenchError(f"word vectors at {path} have shape {matrix.shape}, expected (rows, {dim})")
+        if vectors_vocab is None:
+            if matrix.shape[0] != len(words):
+                raise RisbenchError(
+                    f"word vectors at {path} have {matrix.shape[0]} rows but the tokenizer has {len(words)} "
+                    "words.\n  how to fix: also give the matrix's own word list (model.text.glove_vocab_path)")
+            return torch.from_numpy(matrix), torch.ones(len(words), dtype=torch.bool)
+        rows = {w: i for i, w in enumerate(read_vocab(vectors_vocab))}
+        vectors = np.zeros((len(words), dim), dtype=np.float32)
+        found = np.array([w in rows for w in words])
+        for i, word in enumerate(words):
+            if word in rows:
+                vectors[i] = matrix[rows[word]]
+        return torch.from_numpy(vectors), torch.from_numpy(found)
+    vectors, found = _read_glove_text(path, words, dim)
+    return torch.from_numpy(vectors), torch.from_numpy(found)
+
+
+@torch.no_grad()
+def init_from_word_vectors(embedding: nn.Embedding, path: str | Path, vocab_path: str | Path,
+                           vectors_vocab: str | Path | None = None, oov_std: float = 0.1) -> float:
+    """Fill ``embedding`` from word vectors; returns the fraction of vocabulary words found."""
+    words = read_vocab(vocab_path)
+    if len(words) != embedding.num_embeddings:
+        raise RisbenchError(f"vocabulary {vocab_path} has {len(words)} words but the embedding table has "
+                            f"{embedding.num_embeddings} rows; the tokenizer and the vocabulary file disagree")
+    vectors, found = load_word_vectors(path, words, embedding.embedding_dim, vectors_vocab)
+    weight = torch.randn_like(embedding.weight) * oov_std
+    weight[found] = vectors[found].to(weight.dtype)
+    if embedding.padding_idx is not None:
+        weight[embedding.padding_idx] = 0
+    embedding.weight.copy_(weight)
+    return found.float().mean().item()

@@ -1,0 +1,427 @@
+"""ReSTR: convolution-free referring image segmentation using transformers (Kim et al., CVPR 2022).
+
+A ViT encodes 16x16 patches; a small transformer encodes GloVe words. The fusion encoder has two stacks:
+the visual-linguistic (VL) stack self-attends over [patches; words]; the linguistic-seed (LS) stack runs
+over the visually attended words plus a learnable class seed, whose output is an adaptive classifier
+(one vector per expression). Classifier . patch feature gives a coarse patch mask, which a light
+coarse-to-fine decoder (2x upsample -> per-pixel linear, log2(P) times) refines to pixels.
+
+Fusion forms (``fusion.type``): ``cme`` (default, above), ``ime`` (the LS stack sees the words before
+fusion, so the classifier never sees the image) and ``vme`` (one stack over [patches; words; seed]).
+Paper-vs-official-code choices are knobs; defaults follow the spec (``papers/restr.md`` section 6).
+
+Shapes below are for the paper's 480 px input: grid 30x30, Nv = 900 patches, Nl = 20 words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
+from torch import nn
+
+from risbench.errors import MissingFileError, RisbenchError
+from risbench.losses import bce_loss, resize_logits
+from risbench.models.base import RISModel
+from risbench.models.common.attention import Block, sinusoidal_positions
+from risbench.models.common.weights import load_into, read_state_dict
+from risbench.models.common.word_embedding import init_from_word_vectors
+
+VISION_DEFAULTS = dict(
+    timm_name="vit_base_patch16_384.augreg_in21k_ft_in1k",  # the official code's in21k -> in1k@384 ViT-B/16
+    arch={},  # VisionTransformer kwargs overriding the timm model's (explicit dims at tiny scale)
+    pretrained=True,
+    checkpoint=None,
+    drop_path_rate=0.1,
+)
+TEXT_DEFAULTS = dict(
+    dim=300, depth=6, num_heads=12,
+    mlp_dim=1200,  # official code 4 x 300; the paper text says 3072 (spec 6.1)
+    norm_first=True,  # paper Eq. 1-2 pre-LN; official code post-LN (spec 6.2)
+    pad_mode="zero",  # zero: padded rows zeroed after the projection, keys not masked (code); mask: key mask
+    max_length=20,
+    glove_path=None, glove_vocab_path=None, vocab_path=None, oov_std=0.1,
+)
+FUSION_DEFAULTS = dict(
+    type="cme", num_layers=4, weight_sharing=False,
+    dim=768, num_heads=12, mlp_dim=3072, drop_path_rate=0.1,
+    input_norm="l2",  # l2 (code) | layernorm | none (spec 6.3)
+    vl_output_norm=True,  # paper: LN on every encoder output; code: only after the LS stack (spec 6.8)
+)
+HEAD_DEFAULTS = dict(extra_proj=False, logit_scale="sqrt_d")  # code: extra_proj=True, logit_scale=none (6.5)
+DECODER_DEFAULTS = dict(enabled=True, mask_with="sigmoid", visual_skip="vit")  # code: logits, projected
+LOSS_DEFAULTS = dict(patch_weight=0.1, patch_tau=0.8, patch_label_rule="mean")  # code rule: any (spec 6.9)
+
+
+def _options(defaults: dict, given: Mapping | None, what: str) -> dict:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise RisbenchError(f"model.{what} has unknown keys {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def _choice(value: str, allowed: Iterable[str], key: str) -> str:
+    if value not in allowed:
+        raise RisbenchError(f"model.{key}={value!r} is not one of {sorted(allowed)}")
+    return value
+
+
+def _init_linear(module: nn.Module) -> None:
+    """timm ViT init: trunc_normal(0.02) weights, zero biases (fusion and language blocks start random)."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Encoders
+# ----------------------------------------------------------------------------------------------------
+
+def build_vit(timm_name: str | None, img_size: int, drop_path_rate: float, arch: Mapping | None = None
+              ) -> VisionTransformer:
+    """The vision tower without head: a timm model by name (``arch`` overrides its dims) or explicit dims.
+
+    ``global_pool=''``: calling the tower returns every token after the final LN (B, 1+N, D).
+    """
+    arch = {"num_classes": 0, "global_pool": "", **(arch or {})}
+    if timm_name:
+        return timm.create_model(timm_name, pretrained=False, img_size=img_size, drop_path_rate=drop_path_rate,
+                                 **arch)
+    return VisionTransformer(img_size=img_size, drop_path_rate=drop_path_rate, **arch)
+
+
+def load_vit_checkpoint(vit: VisionTransformer, path: str | Path, timm_name: str | None) -> None:
+    """Load a timm-compatible ViT checkpoint; position embeddings are resampled to the model's grid.
+
+    ``.npz``: the official Google (big_vision / AugReg) layout through timm's own loader. ``.pth/.bin/
+    .safetensors``: a timm state dict through timm's ``checkpoint_filter_fn``.
+    """
+    path = Path(path).expanduser()
+    source = (f"the timm checkpoint '{timm_name}' (the model.safetensors file of huggingface.co/timm/{timm_name})"
+              if timm_name else "a timm VisionTransformer checkpoint of the configured size")
+    hint = (f"download {source}, save it at this path (or point model.vision.checkpoint at it), "
+            "or set model.vision.pretrained=false to train the ViT from scratch")
+    if not path.is_file():
+        raise MissingFileError("ViT checkpoint", path, hint)
+    if path.suffix == ".npz":
+        try:
+            _load_weights(vit, str(path))
+        except (KeyError, ValueError) as exc:
+            raise RisbenchError(f"ViT checkpoint {path} is not in the official npz layout of this "
+                                f"ViT ({type(exc).__name__}: {exc})") from None
+        return
+    state = read_state_dict(path, "ViT checkpoint", hint)
+    state = checkpoint_filter_fn(state, vit)
+    load_into(vit, state, f"ViT checkpoint {path}", allowed_unexpected=("head.", "fc_norm.", "pre_logits."))
+
+
+class LanguageEncoder(nn.Module):
+    """Word embedding + fixed sinusoidal positions -> Blocks -> LN: (B, T) ids -> (B, T, Dl)."""
+
+    def __init__(self, vocab_size: int, dim: int, depth: int, num_heads: int, mlp_dim: int,
+                 norm_first: bool, max_length: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)  # <pad> = 0, a zero row
+        self.register_buffer("pos", sinusoidal_positions(max_length, dim), persistent=False)
+        self.blocks = nn.ModuleList(
+            [Block(dim, num_heads, mlp_dim=mlp_dim, norm_first=norm_first) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks.apply(_init_linear)
+
+    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if tokens.shape[1] > self.pos.shape[0]:
+            raise RisbenchError(f"{tokens.shape[1]} tokens exceed model.text.max_length={self.pos.shape[0]}")
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]].to(self.embed.weight.dtype)  # PE on every slot
+        for block in self.blocks:
+            x = block(x, key_padding_mask=key_padding_mask)
+        return self.norm(x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fusion encoder
+# ----------------------------------------------------------------------------------------------------
+
+class Stack(nn.Module):
+    """``depth`` Blocks then LN. ``shared``: ONE Block applied ``depth`` times (the CME-dagger variant)."""
+
+    def __init__(self, depth: int, dim: int, num_heads: int, mlp_dim: int, drop_path_rate: float,
+                 shared: bool, out_norm: bool = True):
+        super().__init__()
+        distinct = 1 if shared else depth
+        rates = torch.linspace(0, drop_path_rate, distinct).tolist()  # code: linspace over distinct blocks
+        self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_dim=mlp_dim, drop_path=r) for r in rates])
+        self.repeats = depth if shared else 1
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if out_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for _ in range(self.repeats):
+            for block in self.blocks:
+                x = block(x, key_padding_mask=key_padding_mask)
+        return self.norm(x)
+
+
+class FusionEncoder(nn.Module):
+    """Projections, class seed and the fusion stacks: (zv, zl) -> (v, z'v (B,Nv,D), e'_s (B,1,D))."""
+
+    def __init__(self, vision_dim: int, text_dim: int, type: str, num_layers: int, weight_sharing: bool,
+                 dim: int, num_heads: int, mlp_dim: int, drop_path_rate: float, input_norm: str,
+                 vl_output_norm: bool):
+        super().__init__()
+        self.type = _choice(type, ("cme", "ime", "vme"), "fusion.type")
+        self.input_norm = _choice(input_norm, ("l2", "layernorm", "none"), "fusion.input_norm")
+        if self.type != "vme" and num_layers % 2:
+            raise RisbenchError(f"model.fusion.num_layers={num_layers} must be even for {type}: "
+                                "half of the layers form the VL stack, half the LS stack")
+        layer_norm = self.input_norm == "layernorm"
+        self.norm_v = nn.LayerNorm(vision_dim, eps=1e-6) if layer_norm else nn.Identity()
+        self.norm_l = nn.LayerNorm(text_dim, eps=1e-6) if layer_norm else nn.Identity()
+        self.proj_v = nn.Linear(vision_dim, dim)
+        self.proj_l = nn.Linear(text_dim, dim)
+        self.seed = nn.Parameter(torch.zeros(1, 1, dim))
+        stack = dict(dim=dim, num_heads=num_heads, mlp_dim=mlp_dim, drop_path_rate=drop_path_rate,
+                     shared=weight_sharing)
+        if self.type == "vme":
+            self.joint = Stack(num_layers, **stack)  # one stack over [v; l; seed]
+        else:
+            self.vl = Stack(num_layers // 2, out_norm=vl_output_norm, **stack)
+            self.ls = Stack(num_layers // 2, **stack)
+        self.apply(_init_linear)
+        trunc_normal_(self.seed, std=0.02)
+
+    def _normalize(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.input_norm == "l2" else norm(x)
+
+    def forward(self, zv: torch.Tensor, zl: torch.Tensor, pad: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """zv (B,Nv,Dv), zl (B,Nl,Dl), pad (B,Nl) True at padding; key_padding_mask: pad or None (no mask)."""
+        B, Nv = zv.shape[:2]
+        v = self.proj_v(self._normalize(zv, self.norm_v))                     # (B,900,768)
+        l = self.proj_l(self._normalize(zl, self.norm_l)).masked_fill(pad[..., None], 0)  # (B,20,768)
+        seed = self.seed.expand(B, -1, -1).to(v.dtype)                        # (B,1,768)
+        full = None  # key padding mask over [v; l; seed], sliced per stack
+        if key_padding_mask is not None:
+            full = torch.cat([pad.new_zeros(B, Nv), key_padding_mask, pad.new_zeros(B, 1)], 1)
+        part = lambda start, stop=None: None if full is None else full[:, start:stop]  # noqa: E731
+        if self.type == "vme":
+            h = self.joint(torch.cat([v, l, seed], 1), full)                  # (B,921,768)
+            return v, h[:, :Nv], h[:, -1:]
+        h = self.vl(torch.cat([v, l], 1), part(0, -1))                        # (B,920,768)
+        zv_fused, zl_fused = h[:, :Nv], h[:, Nv:]
+        words = zl_fused if self.type == "cme" else l  # IME: the seed never sees the image
+        s = self.ls(torch.cat([words, seed], 1), part(Nv))                    # (B,21,768)
+        return v, zv_fused, s[:, -1:]
+
+
+class PatchClassifier(nn.Module):
+    """Adaptive classifier applied to every patch: logit = z'v . e'_s / sqrt(D) -> (B,Nv,1)."""
+
+    def __init__(self, dim: int, extra_proj: bool, logit_scale: str):
+        super().__init__()
+        _choice(logit_scale, ("sqrt_d", "none"), "head.logit_scale")
+        self.scale = dim ** -0.5 if logit_scale == "sqrt_d" else 1.0
+        self.proj_patch = nn.Linear(dim, dim, bias=False) if extra_proj else nn.Identity()
+        self.proj_cls = nn.Linear(dim, dim, bias=False) if extra_proj else nn.Identity()
+        for proj in (self.proj_patch, self.proj_cls):
+            if extra_proj:
+                nn.init.normal_(proj.weight, std=dim ** -0.5)  # code: scale * randn(D, D)
+
+    def forward(self, patches: torch.Tensor, classifier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = self.proj_patch(patches)
+        return patches, patches @ self.proj_cls(classifier).transpose(1, 2) * self.scale
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoder, patch labels
+# ----------------------------------------------------------------------------------------------------
+
+class CoarseToFineDecoder(nn.Module):
+    """K = log2(P) x (bilinear 2x up -> per-pixel linear C -> C/2 -> LeakyReLU), then a linear to 1.
+
+    Per-pixel linears are 1x1 convolutions without bias (xavier init, as the code). At 480 px:
+    (B,1536,30,30) -> 768@60 -> 384@120 -> 192@240 -> 96@480 -> (B,1,480,480).
+    """
+
+    def __init__(self, in_dim: int, patch_size: int):
+        super().__init__()
+        num_blocks = int(math.log2(patch_size))
+        if 2 ** num_blocks != patch_size:
+            raise RisbenchError(f"the coarse-to-fine decoder needs a power-of-two patch size, got {patch_size}")
+        channels = [in_dim // 2 ** i for i in range(num_blocks + 1)]
+        self.blocks = nn.ModuleList([
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+                          nn.Conv2d(c_in, c_out, 1, bias=False), nn.LeakyReLU(0.01))
+            for c_in, c_out in zip(channels[:-1], channels[1:])])
+        self.out = nn.Conv2d(channels[-1], 1, 1, bias=False)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
+
+
+def patch_labels(mask: torch.Tensor, patch_size: int, tau: float = 0.8, rule: str = "mean") -> torch.Tensor:
+    """(B,1,S,S) binary mask -> (B,1,S/P,S/P) patch labels.
+
+    ``mean``: foreground share of the patch > tau (paper). ``any``: the code's ones-kernel *sum* > tau,
+    i.e. any foreground pixel.
+    """
+    _choice(rule, ("mean", "any"), "loss.patch_label_rule")
+    share = F.avg_pool2d(mask.float(), patch_size)
+    if rule == "any":
+        share = share * patch_size ** 2
+    return (share > tau).float()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------
+
+class ReSTR(RISModel):
+    """ReSTR. ``forward`` returns ``pixel_logits`` (B,1,S,S), ``patch_logits`` (B,1,S/P,S/P) and the
+    adaptive ``classifier`` e'_s (B,1,D); inference uses ``pixel_logits`` only."""
+
+    profile_exclude = ("text.embed.",)  # the paper's counts leave out the GloVe table
+
+    def __init__(self, vocab_size: int, img_size: int = 480, vision: Mapping | None = None,
+                 text: Mapping | None = None, fusion: Mapping | None = None, head: Mapping | None = None,
+                 decoder: Mapping | None = None, loss: Mapping | None = None):
+        super().__init__()
+        self.vision_cfg = _options(VISION_DEFAULTS, vision, "vision")
+        self.text_cfg = _options(TEXT_DEFAULTS, text, "text")
+        fusion_cfg = _options(FUSION_DEFAULTS, fusion, "fusion")
+        head_cfg = _options(HEAD_DEFAULTS, head, "head")
+        decoder_cfg = _options(DECODER_DEFAULTS, decoder, "decoder")
+        self.loss_cfg = _options(LOSS_DEFAULTS, loss, "loss")
+        self.pad_mode = _choice(self.text_cfg["pad_mode"], ("zero", "mask"), "text.pad_mode")
+
+        self.vision = build_vit(self.vision_cfg["timm_name"], img_size, self.vision_cfg["drop_path_rate"],
+                                self.vision_cfg["arch"])
+        self.patch_size = self.vision.patch_embed.patch_size[0]
+        self.grid = tuple(self.vision.patch_embed.grid_size)
+        vision_dim = self.vision.embed_dim
+        t = self.text_cfg
+        self.text = LanguageEncoder(vocab_size, t["dim"], t["depth"], t["num_heads"], t["mlp_dim"],
+                                    t["norm_first"], t["max_length"])
+        self.fusion = FusionEncoder(vision_dim, t["dim"], **fusion_cfg)
+        dim = fusion_cfg["dim"]
+        self.head = PatchClassifier(dim, **head_cfg)
+        self.mask_with = _choice(decoder_cfg["mask_with"], ("sigmoid", "logits"), "decoder.mask_with")
+        self.visual_skip = _choice(decoder_cfg["visual_skip"], ("vit", "projected"), "decoder.visual_skip")
+        skip_dim = vision_dim if self.visual_skip == "vit" else dim
+        self.decoder = CoarseToFineDecoder(skip_dim + dim, self.patch_size) if decoder_cfg["enabled"] else None
+        # the code trains the decoder-free variant on pixel BCE alone (spec 6.11)
+        self.patch_weight = self.loss_cfg["patch_weight"] if self.decoder is not None else 0.0
+
+    # -- pretrained parts --------------------------------------------------------------------------
+    def load_pretrained(self) -> None:
+        """Load the ViT checkpoint and the GloVe table from the configured local files."""
+        if self.vision_cfg["pretrained"]:
+            if not self.vision_cfg["checkpoint"]:
+                raise RisbenchError("model.vision.pretrained=true but model.vision.checkpoint is not set")
+            load_vit_checkpoint(self.vision, self.vision_cfg["checkpoint"], self.vision_cfg["timm_name"])
+        if self.text_cfg["glove_path"]:
+            if not self.text_cfg["vocab_path"]:
+                raise RisbenchError("model.text.glove_path needs model.text.vocab_path (the tokenizer vocabulary)")
+            init_from_word_vectors(self.text.embed, self.text_cfg["glove_path"], self.text_cfg["vocab_path"],
+                                   self.text_cfg["glove_vocab_path"], self.text_cfg["oov_std"])
+
+    # -- forward -----------------------------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) -> zv (B,Nv,Dv): ViT tokens after the final LN, prefix (CLS) tokens dropped."""
+        return self.vision(image)[:, self.vision.num_prefix_tokens:]
+
+    def forward(self, batch: dict) -> dict:
+        image, tokens = batch["image"], batch["tokens"]
+        B = image.shape[0]
+        h, w = self.grid
+        pad = batch["attention_mask"] == 0 if "attention_mask" in batch else tokens == 0  # (B,20)
+        key_padding_mask = pad if self.pad_mode == "mask" else None
+        zv = self.encode_image(image)                                          # (B,900,768)
+        zl = self.text(tokens, key_padding_mask)                               # (B,20,300)
+        v, zv_fused, classifier = self.fusion(zv, zl, pad, key_padding_mask)   # (B,900,768), (B,1,768)
+        patches, logits = self.head(zv_fused, classifier)                      # (B,900,768), (B,900,1)
+        patch_logits = logits.transpose(1, 2).reshape(B, 1, h, w)              # (B,1,30,30)
+        if self.decoder is None:
+            pixel_logits = resize_logits(patch_logits, tuple(image.shape[-2:]))
+        else:
+            gate = logits.sigmoid() if self.mask_with == "sigmoid" else logits
+            skip = zv if self.visual_skip == "vit" else v
+            x = torch.cat([skip, patches * gate], -1)                          # (B,900,1536)
+            x = x.transpose(1, 2).reshape(B, -1, h, w)                         # (B,1536,30,30)
+            pixel_logits = self.decoder(x)                                     # (B,1,480,480)
+        return {"pixel_logits": pixel_logits, "patch_logits": patch_logits, "classifier": classifier}
+
+    def loss(self, outputs: dict, batch: dict) -> dict:
+        mask = batch["mask"]
+        pixel = bce_loss(outputs["pixel_logits"].float(), mask)
+        if not self.patch_weight:
+            return {"loss": pixel, "pixel_bce": pixel}
+        labels = patch_labels(mask, self.patch_size, self.loss_cfg["patch_tau"], self.loss_cfg["patch_label_rule"])
+        patch = bce_loss(outputs["patch_logits"].float(), labels)
+        return {"loss": pixel + self.patch_weight * patch, "pixel_bce": pixel, "patch_bce": patch}
+
+    def mask_logits(self, outputs: dict) -> torch.Tensor:
+        return outputs["pixel_logits"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Table 3a: where the seed looks
+# ----------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def seed_attention_analysis(model: ReSTR, dataloader: Iterable, max_samples: int | None = None) -> dict:
+    """Mean attention share (%) of the class seed to visual (a_v) and word (a_l) tokens per VME layer.
+
+    The seed's softmax row, averaged over heads, summed over the patch columns (a_v) and the word
+    columns (a_l, padding included), averaged over samples. The rest is the seed attending to itself.
+    """
+    fusion = getattr(model, "fusion", None)
+    if not isinstance(fusion, FusionEncoder) or fusion.type != "vme":
+        raise RisbenchError("the seed-attention analysis (Table 3a) needs a ReSTR model with "
+                            "model.fusion.type=vme (the seed sees patches and words only there)")
+    rows: list[torch.Tensor] = []  # per block call: (B, N) head-averaged seed row
+    hooks = []
+    for block in fusion.joint.blocks:
+        block.attn.record_attention = True
+        hooks.append(block.attn.register_forward_hook(
+            lambda module, args, out: rows.append(module.last_attention[:, :, -1].float().mean(1))))
+    device = next(model.parameters()).device
+    sums = None
+    count = 0
+    try:
+        for batch in dataloader:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            rows.clear()
+            model(batch)
+            Nv = model.grid[0] * model.grid[1]
+            take = batch["tokens"].shape[0] if max_samples is None else min(batch["tokens"].shape[0],
+                                                                            max_samples - count)
+            shares = torch.stack([torch.stack([r[:take, :Nv].sum(-1), r[:take, Nv:-1].sum(-1), r[:take, -1]], -1)
+                                  for r in rows])  # (layers, take, 3)
+            sums = shares.sum(1) if sums is None else sums + shares.sum(1)
+            count += take
+            if max_samples is not None and count >= max_samples:
+                break
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for block in fusion.joint.blocks:
+            block.attn.record_attention = False
+            block.attn.last_attention = None
+    if not count:
+        raise RisbenchError("the seed-attention analysis got no samples")
+    mean = (sums / count * 100).tolist()
+    layers = [{"layer": f"f{i + 1}", "a_v": a_v, "a_l": a_l, "a_seed": a_s} for i, (a_v, a_l, a_s) in enumerate(mean)]
+    return {"table": "restr_table3a", "num_samples": count, "layers": layers}

@@ -47,8 +47,6 @@ def test_default_experiment_is_the_paper_recipe():
     assert compose_config(["experiment=restr_cme_shared"]).model.fusion.weight_sharing is True
 
 
-@pytest.mark.xfail(strict=True, reason="conf/config.yaml lists the trainer group after the model group, so the "
-                                       "trainer: node of model/<name>.yaml is overridden (reported to the lead)")
 def test_model_config_sets_the_paper_run_length():
     cfg = compose_config(["experiment=restr_cme"])
     assert (cfg.trainer.max_steps, cfg.trainer.max_epochs) == (400000, -1)

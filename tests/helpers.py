@@ -15,14 +15,15 @@ from risbench.config import CONF_DIR
 REPO = CONF_DIR.parent
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], with_hydra: bool = False):
+    """The project config; ``with_hydra`` keeps the ``hydra`` node (sweeper params) in it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
 
 
-def sweep_overrides(sweep_cfg) -> list[list[str]]:
+def sweep_jobs(experiment: str) -> list[list[str]]:
     """Every job of an ablation file's ``hydra.sweeper.params`` grid, as override lists."""
-    params = sweep_cfg.hydra.sweeper.params if "hydra" in sweep_cfg else {}
+    params = compose_config([f"experiment={experiment}"], with_hydra=True).hydra.sweeper.params
     keys = list(params or {})
     values = [str(params[key]).split(",") for key in keys]
     return [[f"{key}={value}" for key, value in zip(keys, combo)] for combo in itertools.product(*values)]

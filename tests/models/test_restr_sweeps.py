@@ -8,24 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from risbench.config import CONF_DIR
-from tests.helpers import REPO, compose_config, run_cli
+from tests.helpers import REPO, compose_config, run_cli, sweep_jobs
 
 SMALL_DATA = ["data.synthref.train_images=40", "data.synthref.val_images=10", "data.synthref.testA_images=10",
               "data.synthref.testB_images=10", "data.num_workers=0"]
 TINY = ["scale=tiny", "data=synthref", "debug=fast"]
 PAPER = yaml.safe_load((REPO / "experiments" / "restr" / "paper_results.yaml").read_text())["tables"]
-
-
-def jobs_of(experiment: str) -> list[list[str]]:
-    """The sweep's jobs as override lists (its hydra.sweeper.params: one key per ReSTR table)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    (key, values), = cfg.hydra.sweeper.params.items()
-    return [[f"{key}={value}"] for value in str(values).split(",")]
 
 
 def paper_job(experiment: str, job: list[str]):
@@ -54,7 +44,7 @@ def test_model_config_sets_the_paper_run_length():
 
 def test_table1_rows_train_one_model_per_dataset():
     datasets = {}
-    for job in jobs_of("ablation/restr_table1"):
+    for job in sweep_jobs("ablation/restr_table1"):
         cfg = paper_job("ablation/restr_table1", job)
         datasets[cfg.data.dataset] = (cfg.data.train_split, cfg.data.val_split)
     assert datasets == {"refclef": ("trainval", None), "refcoco": ("train", "val"), "refcoco+": ("train", "val"),
@@ -64,7 +54,7 @@ def test_table1_rows_train_one_model_per_dataset():
 def test_table2_rows_carry_each_datasets_length_buckets():
     cfg_by_row = {job[0].split("=")[1]: paper_job("ablation/restr_table2", job + [
         f"table1_checkpoints.{name}=/ckpt/{name}.ckpt" for name in ("referit", "refcoco", "refcoco_plus", "refcocog_google")])
-        for job in jobs_of("ablation/restr_table2")}
+        for job in sweep_jobs("ablation/restr_table2")}
     for row, spec in PAPER["table2"]["datasets"].items():
         cfg = cfg_by_row[row]
         assert cfg.mode == "eval" and cfg.ckpt_path == f"/ckpt/{row}.ckpt"
@@ -76,7 +66,7 @@ def test_table2_rows_carry_each_datasets_length_buckets():
     ("table4", ("model.fusion.num_layers", "model.fusion.weight_sharing", "model.decoder.enabled")),
 ])
 def test_row_files_set_the_papers_knobs(table, keys):
-    rows = {job[0].split("=")[1]: paper_job(f"ablation/restr_{table}", job) for job in jobs_of(f"ablation/restr_{table}")}
+    rows = {job[0].split("=")[1]: paper_job(f"ablation/restr_{table}", job) for job in sweep_jobs(f"ablation/restr_{table}")}
     assert list(rows) == [row["row"] for row in PAPER[table]["rows"]]
     for paper_row in PAPER[table]["rows"]:
         cfg = rows[paper_row["row"]]
@@ -90,7 +80,7 @@ def test_row_files_set_the_papers_knobs(table, keys):
 
 
 def test_table5_profiles_both_models_at_320():
-    for job in jobs_of("ablation/restr_table5"):
+    for job in sweep_jobs("ablation/restr_table5"):
         cfg = paper_job("ablation/restr_table5", job)
         assert cfg.mode == "profile" and cfg.data.img_size == 320 and cfg.model.img_size == 320
 

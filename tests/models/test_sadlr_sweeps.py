@@ -5,26 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from risbench.config import CONF_DIR
 from risbench.data.synthref import ensure_synthref
 from tests.fixtures import TINY_SYNTHREF
-from tests.helpers import compose_config, run_cli, sweep_overrides
+from tests.helpers import compose_config, run_cli, sweep_jobs
 
 # sweep -> jobs at scale=tiny data=synthref (Table 1's dataset sweep collapses to synthref)
 SWEEPS = {"sadlr_table1": 1, "sadlr_table3": 9, "sadlr_table3_profile": 9, "sadlr_table4a": 5,
           "sadlr_table4b": 6, "sadlr_table4c": 2}
 
 
-def sweep_jobs(name: str) -> list[list[str]]:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # keeps the hydra node
-        cfg = compose(config_name="config", overrides=[f"experiment=ablation/{name}"], return_hydra_config=True)
-    return sweep_overrides(cfg)
-
-
 def test_sweep_grids_are_the_papers_rows():
-    jobs = {name: sweep_jobs(name) for name in SWEEPS}
+    jobs = {name: sweep_jobs(f"ablation/{name}") for name in SWEEPS}
     assert len(jobs["sadlr_table1"]) == 4 and len(jobs["sadlr_table3"]) == 9
     assert [job[0] for job in jobs["sadlr_table4a"]] == [f"model.sadlr.iterations={n}" for n in range(5)]
     assert [job[0].split("=")[1] for job in jobs["sadlr_table4b"]] == \

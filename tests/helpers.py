@@ -30,7 +30,12 @@ def sweep_jobs(experiment: str) -> list[list[str]]:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m risbench ARGS`` in ``cwd``; outputs land under cwd/outputs."""
+    """``python -m risbench ARGS`` in ``cwd``; outputs land under cwd/outputs.
+
+    Flags (``-m``) are moved before the overrides, where Hydra's argument parser wants them.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "risbench", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    flags = [arg for arg in args if arg.startswith("-")]
+    overrides = [arg for arg in args if not arg.startswith("-")]
+    return subprocess.run([sys.executable, "-m", "risbench", *flags, *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)

@@ -16,10 +16,8 @@ QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
 
 
 def cli(tmp_path: Path, data_dir: Path, *args: str, expect_ok: bool = True, small_data: bool = True, **kwargs):
-    flags = [arg for arg in args if arg.startswith("-")]  # -m must precede the overrides
-    overrides = [f"paths.data_dir={data_dir}", *(SMALL_DATA if small_data else []),
-                 *(arg for arg in args if not arg.startswith("-"))]
-    result = run_cli([*flags, *overrides], cwd=tmp_path, **kwargs)
+    result = run_cli([f"paths.data_dir={data_dir}", *(SMALL_DATA if small_data else []), *args], cwd=tmp_path,
+                     **kwargs)
     if expect_ok:
         assert result.returncode == 0, result.stderr[-4000:]
     return result

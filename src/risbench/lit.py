@@ -28,7 +28,7 @@ class RISLitModule(L.LightningModule):
     """
 
     def __init__(self, net: RISModel, optim: DictConfig | dict, eval_cfg: DictConfig | dict,
-                 val_split: str = "val", test_splits: Sequence[str] = ("val",), run_info: dict | None = None):
+                 val_split: str | None = "val", test_splits: Sequence[str] = ("val",), run_info: dict | None = None):
         super().__init__()
         self.run_info = run_info or {}  # stored in checkpoints: which model/overrides made them
         self.net = net
@@ -43,7 +43,7 @@ class RISLitModule(L.LightningModule):
         metric_args = dict(prec_thresholds=list(self.eval_cfg.prec_thresholds), prec_op=self.eval_cfg.prec_op,
                            empty_union_iou=self.eval_cfg.empty_union_iou,
                            length_buckets=OmegaConf.to_object(self.eval_cfg).get("length_buckets"))
-        splits = dict.fromkeys([val_split, *self.test_splits])
+        splits = dict.fromkeys(split for split in [val_split, *self.test_splits] if split)  # val may be None
         self.metrics = torch.nn.ModuleDict({split: ReferringSegmentationMetrics(**metric_args) for split in splits})
 
     # ---- steps ---------------------------------------------------------------------------------

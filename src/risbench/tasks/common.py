@@ -57,10 +57,12 @@ def build_lit(cfg: DictConfig, net: RISModel, datamodule) -> RISLitModule:
                         test_splits=datamodule.test_split_names, run_info=run_info(cfg))
 
 
-def build_trainer(cfg: DictConfig, with_callbacks: bool = True) -> L.Trainer:
+def build_trainer(cfg: DictConfig, with_callbacks: bool = True, validates: bool = True) -> L.Trainer:
+    """Trainer with the configured loggers and callbacks; without a validation split (``validates``
+    false, e.g. ReferIt trained on trainval) the callbacks that monitor ``val/`` metrics are left out."""
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None] \
-        if with_callbacks else []
+    nodes = [node for node in (cfg.get("callbacks") or {}).values() if node is not None] if with_callbacks else []
+    callbacks = [instantiate(node) for node in nodes if validates or not str(node.get("monitor")).startswith("val/")]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                           default_root_dir=str(run_dir()))
     hparams = OmegaConf.to_container(cfg, resolve=True)

@@ -20,9 +20,9 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     net = build_net(cfg, datamodule.tokenizer.vocab_size)
     lit = build_lit(cfg, net, datamodule)
-    check_checkpoint_matches(ckpt_path, lit)
+    lit.load_state_dict(check_checkpoint_matches(ckpt_path, lit)["state_dict"])
     trainer = build_trainer(cfg, with_callbacks=False)
-    trainer.test(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False, verbose=False)
+    trainer.test(lit, datamodule=datamodule, verbose=False)
     metrics = collect_metrics(trainer, datamodule.test_split_names)
     if trainer.is_global_zero:
         print_metrics(metrics, f"{cfg.name}: eval")

@@ -31,12 +31,13 @@ def train(cfg: DictConfig) -> dict:
     if resume_from is None and hasattr(net, "load_pretrained"):
         net.load_pretrained()
     lit = build_lit(cfg, net, datamodule)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, validates=bool(datamodule.val_split))
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
 
     test_ckpt = None if trainer.fast_dev_run else selected_checkpoint(trainer, cfg.eval.ckpt_select)
     trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False, verbose=False)
-    metrics = collect_metrics(trainer, [datamodule.val_split, *datamodule.test_split_names])
+    metrics = collect_metrics(trainer, [split for split in [datamodule.val_split, *datamodule.test_split_names]
+                                        if split])
     if trainer.is_global_zero:
         print_metrics(metrics, f"{cfg.name}: test ({cfg.eval.ckpt_select} checkpoint)")
         path = write_results(cfg, started, metrics=metrics, params=count_params(net),

@@ -23,7 +23,7 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from risbench.config import CONF_DIR
+from risbench.config import CONF_DIR, split_options
 from risbench.models.common.attention import explicit_attention
 from risbench.tasks.profile import dummy_batch
 
@@ -92,14 +92,7 @@ def main(argv: list[str]) -> None:
     variant = None
     if argv[:1] == ["--variant"]:  # child process: run one variant, print JSON
         variant, argv = argv[1], argv[2:]
-    options = {"bench.batch_size": "1", "bench.repeats": "3"}
-    overrides = []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in options:
-            options[key] = value
-        else:
-            overrides.append(arg)
+    options, overrides = split_options(argv, {"bench.batch_size": "1", "bench.repeats": "3"})
     batch_size, repeats = int(options["bench.batch_size"]), int(options["bench.repeats"])
     if variant:
         print(json.dumps(run_variant(variant, overrides, batch_size, repeats)))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
+from risbench.config import split_options
 from risbench.data.check import compose_config
 from risbench.data.tokenizers import glove_tokenize
 from risbench.errors import RisbenchError
@@ -30,14 +31,7 @@ def training_words(datamodule, min_count: int = 1) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    options = {"out": None, "min_count": "1"}
-    overrides = []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in options:
-            options[key] = value
-        else:
-            overrides.append(arg)
+    options, overrides = split_options(argv, {"out": None, "min_count": "1"})
     try:
         cfg = compose_config(overrides)
         datamodule = instantiate(cfg.data, _recursive_=False)

@@ -230,6 +230,19 @@ def test_loss_is_pixel_bce_plus_weighted_patch_bce(rule):
     assert torch.allclose(losses["loss"], pixel + 0.1 * patch)
 
 
+def test_dice_weight_adds_soft_dice_of_the_pixel_logits():
+    model = tiny(loss=dict(dice_weight=0.5))
+    batch = make_batch(2, 32)
+    out = model(batch)
+    losses = model.loss(out, batch)
+    probs = out["pixel_logits"].sigmoid()
+    inter, total = (probs * batch["mask"]).sum((2, 3)), (probs + batch["mask"]).sum((2, 3))
+    dice = (1 - (2 * inter + 1) / (total + 1)).mean()
+    assert torch.allclose(losses["pixel_dice"], dice)
+    assert torch.allclose(losses["loss"], losses["pixel_bce"] + 0.5 * dice + 0.1 * losses["patch_bce"])
+    assert "pixel_dice" not in tiny().loss(out, batch)  # the paper's loss by default
+
+
 def test_decoder_off_upsamples_patch_logits_and_drops_the_patch_loss():
     model = tiny(decoder=dict(enabled=False))
     assert model.decoder is None and model.patch_weight == 0.0

@@ -27,7 +27,7 @@ from timm.models.vision_transformer import VisionTransformer, _load_weights, che
 from torch import nn
 
 from risbench.errors import MissingFileError, RisbenchError
-from risbench.losses import bce_loss, resize_logits
+from risbench.losses import bce_loss, dice_loss, resize_logits
 from risbench.models.base import RISModel
 from risbench.models.common.attention import Block, sinusoidal_positions
 from risbench.models.common.weights import load_into, read_state_dict
@@ -56,7 +56,8 @@ FUSION_DEFAULTS = dict(
 )
 HEAD_DEFAULTS = dict(extra_proj=False, logit_scale="sqrt_d")  # code: extra_proj=True, logit_scale=none (6.5)
 DECODER_DEFAULTS = dict(enabled=True, mask_with="sigmoid", visual_skip="vit")  # code: logits, projected
-LOSS_DEFAULTS = dict(patch_weight=0.1, patch_tau=0.8, patch_label_rule="mean")  # code rule: any (spec 6.9)
+# code rule: any (spec 6.9); dice_weight > 0 adds a soft Dice term on the pixel logits (not in the paper)
+LOSS_DEFAULTS = dict(patch_weight=0.1, patch_tau=0.8, patch_label_rule="mean", dice_weight=0.0)
 
 
 def _options(defaults: dict, given: Mapping | None, what: str) -> dict:
@@ -366,11 +367,16 @@ class ReSTR(RISModel):
     def loss(self, outputs: dict, batch: dict) -> dict:
         mask = batch["mask"]
         pixel = bce_loss(outputs["pixel_logits"].float(), mask)
-        if not self.patch_weight:
-            return {"loss": pixel, "pixel_bce": pixel}
-        labels = patch_labels(mask, self.patch_size, self.loss_cfg["patch_tau"], self.loss_cfg["patch_label_rule"])
-        patch = bce_loss(outputs["patch_logits"].float(), labels)
-        return {"loss": pixel + self.patch_weight * patch, "pixel_bce": pixel, "patch_bce": patch}
+        losses = {"loss": pixel, "pixel_bce": pixel}
+        if self.loss_cfg["dice_weight"]:
+            losses["pixel_dice"] = dice_loss(outputs["pixel_logits"], mask)
+            losses["loss"] = losses["loss"] + self.loss_cfg["dice_weight"] * losses["pixel_dice"]
+        if self.patch_weight:
+            labels = patch_labels(mask, self.patch_size, self.loss_cfg["patch_tau"],
+                                  self.loss_cfg["patch_label_rule"])
+            losses["patch_bce"] = bce_loss(outputs["patch_logits"].float(), labels)
+            losses["loss"] = losses["loss"] + self.patch_weight * losses["patch_bce"]
+        return losses
 
     def mask_logits(self, outputs: dict) -> torch.Tensor:
         return outputs["pixel_logits"]

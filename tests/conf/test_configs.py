@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate

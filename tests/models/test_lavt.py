@@ -45,6 +45,8 @@ def test_forward_shapes_loss_and_mask_logits():
     assert torch.isclose(ce, F.cross_entropy(up, batch["mask"][:, 0].long(), weight=torch.tensor([0.9, 1.1])))
     dice = tiny(loss=dict(name="dice")).loss(out, batch)["loss"]
     assert torch.isclose(dice, dice_loss(up, batch["mask"]))
+    both = tiny(loss=dict(name="dice_ce")).loss(out, batch)["loss"]
+    assert torch.isclose(both, ce + dice)
 
 
 def test_loss_decreases_on_a_fixed_batch():

@@ -38,7 +38,9 @@ def two_class_loss(logits: torch.Tensor, mask: torch.Tensor, name: str = "ce",
         return weighted_ce_loss(logits, mask, class_weights)
     if name == "dice":
         return dice_loss(logits, mask)
-    raise ValueError(f"model.loss.name must be ce|dice, got {name!r}")
+    if name == "dice_ce":
+        return dice_loss(logits, mask) + weighted_ce_loss(logits, mask, class_weights)
+    raise ValueError(f"model.loss.name must be ce|dice|dice_ce, got {name!r}")
 
 
 def supervise_rounds(logits: Sequence[torch.Tensor], mask: torch.Tensor, weights: Sequence[float],

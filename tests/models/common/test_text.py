@@ -30,6 +30,15 @@ def test_forward_returns_last_hidden_state_and_mask():
     assert torch.allclose(hidden, enc.bert(input_ids=tokens, attention_mask=mask).last_hidden_state)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dropout_knob_sets_both_bert_dropouts(dropout):
+    enc = BertTextEncoder(VOCAB, pretrained=False, dropout=dropout, **SMALL).train()
+    assert enc.bert.config.hidden_dropout_prob == enc.bert.config.attention_probs_dropout_prob == dropout
+    tokens, mask = tokens_and_mask()
+    # training-mode outputs are deterministic exactly when dropout is off
+    assert torch.equal(enc(tokens, mask)[0], enc(tokens, mask)[0]) == (dropout == 0.0)
+
+
 def trainable_names(enc: BertTextEncoder) -> set[str]:
     return {name for name, p in enc.named_parameters() if p.requires_grad}
 

@@ -37,7 +37,8 @@ class BertTextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, pretrained: bool = True, pretrained_path: str | None = None,
                  num_layers: int = 12, hidden_size: int = 768, num_heads: int = 12,
-                 intermediate_size: int | None = None, max_positions: int = 512, trainable: str = "lavt"):
+                 intermediate_size: int | None = None, max_positions: int = 512, trainable: str = "lavt",
+                 dropout: float = 0.1):
         super().__init__()
         if trainable not in ("lavt", "all", "none"):
             raise ValueError(f"model.text.trainable must be lavt|all|none, got {trainable!r}")
@@ -46,7 +47,8 @@ class BertTextEncoder(nn.Module):
         self.hidden_size = hidden_size
         config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                             num_attention_heads=num_heads, intermediate_size=intermediate_size or 4 * hidden_size,
-                            max_position_embeddings=max_positions)
+                            max_position_embeddings=max_positions, hidden_dropout_prob=dropout,
+                            attention_probs_dropout_prob=dropout)
         self.bert = BertModel(config, add_pooling_layer=False)
         self._freeze(trainable)
 

@@ -92,6 +92,18 @@ def test_predict_writes_mask_and_overlay(trained, data_dir):
 
 
 @pytest.mark.slow
+def test_synthref_error_analysis_of_a_checkpoint(trained, data_dir):
+    root, run = trained
+    cli(root, data_dir, "mode=analyze", "analysis=synthref_errors", "analysis.split=testB",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "name=errors")
+    out = run_dirs(root, "errors")[0]
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis == results(out)["analysis"]
+    assert abs(sum(analysis["outcomes"].values()) - 100) < 1e-6
+    assert list(analysis["by_kind"]) == ["attribute"]  # testB holds attribute-only expressions
+
+
+@pytest.mark.slow
 def test_resume_from_last_is_exact(tmp_path, data_dir):
     """Two epochs straight == one epoch, then ``ckpt_path=last`` for the second (weights and optimizer)."""
     common = ["trainer.limit_train_batches=3", "optim.scheduler=null", "data.max_eval_samples=8"]

@@ -22,9 +22,9 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("overrides", MODELS, ids=lambda o: " ".join(o))
-def test_fast_dev_run_at_tiny_scale(overrides, tiny_synthref_dir, tmp_path):
-    cfg = compose_config([*overrides, "scale=tiny", "data=synthref", f"paths.data_dir={tiny_synthref_dir.parent}",
+def build(overrides: list[str], data_dir, root) -> tuple:
+    """DataModule, net and RISLitModule at tiny scale on the tiny synthref fixture."""
+    cfg = compose_config([*overrides, "scale=tiny", "data=synthref", f"paths.data_dir={data_dir.parent}",
                           "data.synthref=null", "data.num_workers=0", "data.batch_size=4",
                           "optim.scheduler=null"])  # warm-up starts at lr 0: one step would not move
     datamodule = instantiate(cfg.data, _recursive_=False)
@@ -33,12 +33,26 @@ def test_fast_dev_run_at_tiny_scale(overrides, tiny_synthref_dir, tmp_path):
     datamodule.set_tokenizer(tokenizer)
     net = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all")
     lit = RISLitModule(net, cfg.optim, cfg.eval, datamodule.val_split, datamodule.test_split_names)
-    before = {name: p.detach().clone() for name, p in net.named_parameters() if p.requires_grad}
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=tmp_path)
+                        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=root)
+    return datamodule, net, lit, trainer
+
+
+@pytest.mark.parametrize("overrides", MODELS, ids=lambda o: " ".join(o))
+def test_fast_dev_run_at_tiny_scale(overrides, tiny_synthref_dir, tmp_path):
+    datamodule, net, lit, trainer = build(overrides, tiny_synthref_dir, tmp_path)
+    before = {name: p.detach().clone() for name, p in net.named_parameters() if p.requires_grad}
     trainer.fit(lit, datamodule=datamodule)
     changed = [name for name, p in net.named_parameters() if p.requires_grad and not torch.equal(p, before[name])]
     assert changed, "one optimisation step changed no parameter"
     trainer.test(lit, datamodule=datamodule, verbose=False)
     for split in datamodule.test_split_names:
         assert 0.0 <= float(trainer.callback_metrics[f"{split}/oIoU"]) <= 1.0
+
+
+def test_the_train_split_can_be_tested(tiny_synthref_dir, tmp_path):
+    # a fit check on the training split: its name must not clash with nn.Module.train
+    datamodule, _, lit, trainer = build(["model=lavt", "data.test_splits=[train]"], tiny_synthref_dir, tmp_path)
+    trainer.test(lit, datamodule=datamodule, verbose=False)
+    assert datamodule.test_split_names == ["train"]
+    assert 0.0 <= float(trainer.callback_metrics["train/mIoU"]) <= 1.0

@@ -19,6 +19,13 @@ from risbench.models.base import RISModel
 from risbench.optim import build_param_groups
 
 
+def masks_at_original_size(logits: torch.Tensor, batch: dict, logit_threshold: float) -> list[torch.Tensor]:
+    """(B,1,h,w) mask logits -> per sample a binary (H_i, W_i) mask on the original image."""
+    size = batch["image"].shape[-1]
+    return [unmap_to_original(logits[i], batch["valid_box"][i], batch["orig_size"][i], size)[0] >= logit_threshold
+            for i in range(logits.shape[0])]
+
+
 class RISLitModule(L.LightningModule):
     """Training/evaluation loop around ``net`` (a `RISModel`).
 
@@ -44,7 +51,9 @@ class RISLitModule(L.LightningModule):
                            empty_union_iou=self.eval_cfg.empty_union_iou,
                            length_buckets=OmegaConf.to_object(self.eval_cfg).get("length_buckets"))
         splits = dict.fromkeys(split for split in [val_split, *self.test_splits] if split)  # val may be None
-        self.metrics = torch.nn.ModuleDict({split: ReferringSegmentationMetrics(**metric_args) for split in splits})
+        # keyed "split/<name>": a bare split name such as "train" would clash with nn.Module attributes
+        self.metrics = torch.nn.ModuleDict({f"split/{split}": ReferringSegmentationMetrics(**metric_args)
+                                            for split in splits})
 
     # ---- steps ---------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:
@@ -71,21 +80,17 @@ class RISLitModule(L.LightningModule):
             return preds, targets
         if self.eval_cfg.resolution != "original":
             raise ValueError(f"eval.resolution must be 'original' or 'input', got {self.eval_cfg.resolution!r}")
-        size = batch["image"].shape[-1]
-        preds = [unmap_to_original(logits[i], batch["valid_box"][i], batch["orig_size"][i], size)[0]
-                 >= self.logit_threshold
-                 for i in range(logits.shape[0])]
-        return preds, list(batch["orig_masks"])
+        return masks_at_original_size(logits, batch, self.logit_threshold), list(batch["orig_masks"])
 
     def _eval_step(self, batch: dict | None, split: str) -> None:
         if batch is None:
             return
         preds, targets = self.predict_masks(batch)
-        self.metrics[split].update(preds, targets, batch["num_words"])
+        self.metrics[f"split/{split}"].update(preds, targets, batch["num_words"])
 
     def _eval_epoch_end(self, splits: Sequence[str]) -> None:
         for split in splits:
-            metric = self.metrics[split]
+            metric = self.metrics[f"split/{split}"]
             if not metric.update_called:
                 continue
             values = metric.compute()

@@ -7,7 +7,6 @@ be traced to the object it covers most: the target, or a distractor that shares 
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from risbench.data.refer import ReferAnnotations, combine_parts, load_refs, refs_path, segmentation_parts
 from risbench.errors import RisbenchError
-from risbench.lit import masks_at_original_size
+from risbench.lit import masks_at_original_size, threshold_logit
 from risbench.models.base import RISModel
 
 ATTRIBUTES = ("colour", "shape", "size")
@@ -69,7 +68,7 @@ def synthref_error_analysis(model: RISModel, dataloader: Iterable, data_dir: str
              for ref in load_refs(refs_path(data_dir, split_by)) for sent in ref["sentences"]}
     target_of = {ref.ref_id: ref.ann_id for ref in annotations.referents}
     objects_of = _SceneObjects(annotations)
-    logit_threshold = math.log(threshold / (1.0 - threshold))
+    logit_threshold = threshold_logit(threshold)
     device = next(model.parameters()).device
     outcomes, ious, kind_ious, kind_hits = Counter(), [], defaultdict(list), defaultdict(list)
     target_ious = []

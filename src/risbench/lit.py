@@ -13,10 +13,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from risbench.data.transforms import unmap_to_original
+from risbench.errors import RisbenchError
 from risbench.losses import resize_logits
 from risbench.metrics import ReferringSegmentationMetrics
 from risbench.models.base import RISModel
 from risbench.optim import build_param_groups
+
+
+def threshold_logit(threshold: float) -> float:
+    """``eval.threshold`` (a probability) as the logit that predictions are compared with."""
+    threshold = float(threshold)
+    if not 0.0 < threshold < 1.0:
+        raise RisbenchError(f"eval.threshold must be a probability in (0, 1), got {threshold}")
+    return math.log(threshold / (1.0 - threshold))
 
 
 def masks_at_original_size(logits: torch.Tensor, batch: dict, logit_threshold: float) -> list[torch.Tensor]:
@@ -43,10 +52,7 @@ class RISLitModule(L.LightningModule):
         self.eval_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(eval_cfg), resolve=True))
         self.val_split = val_split
         self.test_splits = list(test_splits)
-        threshold = float(self.eval_cfg.threshold)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"eval.threshold must be a probability in (0, 1), got {threshold}")
-        self.logit_threshold = math.log(threshold / (1.0 - threshold))
+        self.logit_threshold = threshold_logit(self.eval_cfg.threshold)
         metric_args = dict(prec_thresholds=list(self.eval_cfg.prec_thresholds), prec_op=self.eval_cfg.prec_op,
                            empty_union_iou=self.eval_cfg.empty_union_iou,
                            length_buckets=OmegaConf.to_object(self.eval_cfg).get("length_buckets"))

@@ -141,11 +141,14 @@ def test_wandb_logger_runs_offline_without_network(tmp_path, data_dir):
     assert list(offline[0].glob("*.wandb"))  # the run's data, ready for `wandb sync`
 
 
-def test_profile_needs_no_data(tmp_path, data_dir):
-    cli(tmp_path, data_dir, "mode=profile")
+def test_profile_needs_no_data(tmp_path):
+    no_data = tmp_path / "no_data"
+    cli(tmp_path, no_data, "mode=profile", "tokenizer.vocab_size=64")
+    assert not no_data.exists()
     report = json.loads((run_dirs(tmp_path)[0] / "profile.json").read_text())
     assert report["macs"] > 0 and report["params"]["total"] > 0
     assert sum(row["params"] for row in report["by_module"].values()) == report["params"]["total"]
+    assert sum(row["gmacs"] for row in report["by_module"].values()) == pytest.approx(report["gmacs"])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -36,17 +36,30 @@ def params_by_module(model: nn.Module) -> dict[str, int]:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, batch: dict) -> tuple[int, dict[str, int]]:
-    """MACs of one ``model(batch)`` forward: (total, per top-level child module)."""
+    """MACs of one ``model(batch)`` forward: (total, per top-level child module).
+
+    A child whose forward is bypassed (a model calling ``self.base.encode(...)`` rather than
+    ``self.base(...)``) is not seen by the counter's module hooks; its MACs are then the sum over its
+    outermost descendants that were called. MACs of ops outside every child go to ``"(outside children)"``.
+    """
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False, depth=2)
+    counter = FlopCounterMode(display=False, depth=None)
     with explicit_attention(model), counter:
         model(batch)
     model.train(was_training)
-    per_module: dict[str, int] = {}
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     root = type(model).__name__
-    for module_name, ops in counter.get_flop_counts().items():
+    per_module: dict[str, int] = defaultdict(int)
+    for module_name, flops in counts.items():
         parts = module_name.split(".")
-        if len(parts) == 2 and parts[0] == root:
-            per_module[parts[1]] = sum(ops.values()) // 2
-    return counter.get_total_flops() // 2, per_module
+        if len(parts) < 2 or parts[0] != root:
+            continue
+        # outermost recorded name under the child: no recorded proper prefix below the root
+        if not any(".".join(parts[:depth]) in counts for depth in range(2, len(parts))):
+            per_module[parts[1]] += flops // 2
+    total = counter.get_total_flops() // 2
+    outside = total - sum(per_module.values())
+    if outside:
+        per_module["(outside children)"] = outside
+    return total, dict(per_module)

@@ -46,6 +46,7 @@ def profile(cfg: DictConfig) -> dict:
     batch = dummy_batch(int(cfg.profile.batch_size), img_size, text_length, vocab_size)
     macs, macs_by_module = count_macs(net, batch)
     params = count_params(net)
+    params_of = params_by_module(net)
     exclude = tuple(getattr(net, "profile_exclude", ()))
     report = {
         "model": cfg.model._target_,
@@ -55,8 +56,8 @@ def profile(cfg: DictConfig) -> dict:
         "params_excluding": {"prefixes": list(exclude), **count_params(net, exclude)} if exclude else None,
         "macs": macs,
         "gmacs": macs / 1e9,
-        "by_module": {name: {"params": count, "gmacs": macs_by_module.get(name, 0) / 1e9}
-                      for name, count in params_by_module(net).items()},
+        "by_module": {name: {"params": params_of.get(name, 0), "gmacs": macs_by_module.get(name, 0) / 1e9}
+                      for name in {**params_of, **macs_by_module}},
     }
     (run_dir() / "profile.json").write_text(json.dumps(report, indent=2))
     print_profile(report)

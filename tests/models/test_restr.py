@@ -209,6 +209,24 @@ def test_fusion_stack_macs_match_table3b():
 
 # -------------------------------------------------------------------------------------- loss, labels
 
+def test_vit_runs_once_per_distinct_image_outside_training():
+    model = tiny()
+    batch = make_batch(5, 32)
+    batch["image"][1] = batch["image"][0]
+    batch["image"][2] = batch["image"][0]
+    batch["image"][4] = batch["image"][3] + 1  # same id, other pixels (an augmentation): not shared
+    batch["image_id"] = [7, 7, 7, 9, 9]
+    seen = []
+    model.vision.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        shared = model(batch)["pixel_logits"]
+        separate = model({k: v for k, v in batch.items() if k != "image_id"})["pixel_logits"]
+        model.train()
+        model(batch)
+    assert seen == [3, 5, 5]
+    torch.testing.assert_close(shared, separate)
+
+
 def test_patch_label_rules():
     mask = torch.zeros(3, 1, 16, 16)
     mask[0].view(-1)[:204] = 1

@@ -56,3 +56,22 @@ class RISModel(nn.Module, ABC):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+
+def distinct_images(image: torch.Tensor, image_ids: list) -> tuple[list[int], torch.Tensor]:
+    """Batch positions of the first sample of each distinct image, and each sample's index among them.
+
+    Samples are the same image when they share an ``image_id`` *and* their pixels (an augmentation could
+    make them differ). Lets a model whose vision encoder does not see the text run it once per image
+    for all the expressions of that image in the batch (evaluation visits a referent's expressions in a row).
+    """
+    first: list[int] = []
+    latest: dict = {}
+    inverse = []
+    for position, key in enumerate(image_ids):
+        index = latest.get(key)
+        if index is None or not torch.equal(image[first[index]], image[position]):
+            index = latest[key] = len(first)
+            first.append(position)
+        inverse.append(index)
+    return first, torch.tensor(inverse, device=image.device)

@@ -40,7 +40,8 @@ def count_macs(model: nn.Module, batch: dict) -> tuple[int, dict[str, int]]:
 
     A child whose forward is bypassed (a model calling ``self.base.encode(...)`` rather than
     ``self.base(...)``) is not seen by the counter's module hooks; its MACs are then the sum over its
-    outermost descendants that were called. MACs of ops outside every child go to ``"(outside children)"``.
+    outermost descendants that were called. MACs of ops outside every child go to ``"(outside children)"``
+    (rows overlap only where one child calls another's submodule).
     """
     was_training = model.training
     model.eval()
@@ -60,6 +61,6 @@ def count_macs(model: nn.Module, batch: dict) -> tuple[int, dict[str, int]]:
             per_module[parts[1]] += flops // 2
     total = counter.get_total_flops() // 2
     outside = total - sum(per_module.values())
-    if outside:
+    if outside > 0:
         per_module["(outside children)"] = outside
     return total, dict(per_module)

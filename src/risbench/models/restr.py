@@ -343,8 +343,8 @@ class ReSTR(RISModel):
         """(B,3,S,S) -> zv (B,Nv,Dv): ViT tokens after the final LN, prefix (CLS) tokens dropped.
 
         The ViT does not see the text, so outside training it runs once per distinct image of the batch
-        (same result; at RefCOCO's ~2.8 expressions per referent most of the eval cost). Training keeps
-        one pass per sample, so drop-path stays independent per sample as in the paper.
+        (same result; evaluation visits a referent's expressions in a row). Training keeps one pass per
+        sample, so drop-path stays independent per sample as in the paper.
         """
         if image_ids is not None and not self.training:
             first, inverse = distinct_images(image, image_ids)

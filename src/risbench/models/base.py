@@ -62,16 +62,19 @@ def distinct_images(image: torch.Tensor, image_ids: list) -> tuple[list[int], to
     """Batch positions of the first sample of each distinct image, and each sample's index among them.
 
     Samples are the same image when they share an ``image_id`` *and* their pixels (an augmentation could
-    make them differ). Lets a model whose vision encoder does not see the text run it once per image
-    for all the expressions of that image in the batch (evaluation visits a referent's expressions in a row).
+    make them differ; such a sample counts as an image of its own). Lets a model whose vision encoder
+    does not see the text run it once per image for all the expressions of that image in the batch
+    (evaluation visits a referent's expressions in a row). One pixel comparison for the whole batch, so
+    one device sync.
     """
-    first: list[int] = []
-    latest: dict = {}
-    inverse = []
-    for position, key in enumerate(image_ids):
-        index = latest.get(key)
-        if index is None or not torch.equal(image[first[index]], image[position]):
-            index = latest[key] = len(first)
-            first.append(position)
-        inverse.append(index)
-    return first, torch.tensor(inverse, device=image.device)
+    first_of: dict = {}
+    candidate = [first_of.setdefault(key, position) for position, key in enumerate(image_ids)]
+    repeats = [position for position, first in enumerate(candidate) if first != position]
+    if repeats:
+        same = (image[repeats] == image[[candidate[p] for p in repeats]]).flatten(1).all(1).tolist()
+        for position, equal in zip(repeats, same):
+            if not equal:
+                candidate[position] = position
+    first = [position for position, first in enumerate(candidate) if first == position]
+    index_of = {position: index for index, position in enumerate(first)}
+    return first, torch.tensor([index_of[c] for c in candidate], device=image.device)

@@ -1,6 +1,6 @@
 import pytest
 
-from risbench.bench.model import run_variant
+from risbench.bench.model import main, run_variant
 
 TINY_RESTR = ["scale=tiny", "data=synthref", "tokenizer.vocab_size=64"]
 
@@ -10,3 +10,9 @@ def test_each_variant_times_forward_and_train_step(variant):
     row = run_variant(variant, TINY_RESTR, batch_size=4, repeats=1, expressions_per_image=2)
     assert row["variant"] == variant and row["batch_size"] == 4 and row["img_size"] == 48
     assert row["forward_ms"] > 0 and row["train_step_ms"] > 0
+
+
+@pytest.mark.parametrize("option", ["bench.expressions_per_image=0", "bench.batch_size=two"])
+def test_bad_bench_option_is_one_line_error(option):
+    with pytest.raises(SystemExit, match=f"{option} must be a whole number >= 1"):
+        main([option])

@@ -98,14 +98,21 @@ def run_variant(variant: str, overrides: list[str], batch_size: int, repeats: in
             "memory_kind": "CUDA peak allocated" if device.type == "cuda" else "CPU peak RSS growth"}
 
 
+def _positive_int(options: dict[str, str], key: str) -> int:
+    value = options[key]
+    if not value.isdigit() or int(value) < 1:
+        sys.exit(f"risbench error: {key}={value} must be a whole number >= 1")
+    return int(value)
+
+
 def main(argv: list[str]) -> None:
     variant = None
     if argv[:1] == ["--variant"]:  # child process: run one variant, print JSON
         variant, argv = argv[1], argv[2:]
     options, overrides = split_options(argv, {"bench.batch_size": "1", "bench.repeats": "3",
                                               "bench.expressions_per_image": "1"})
-    batch_size, repeats = int(options["bench.batch_size"]), int(options["bench.repeats"])
-    per_image = int(options["bench.expressions_per_image"])
+    batch_size, repeats, per_image = (_positive_int(options, key) for key in
+                                      ("bench.batch_size", "bench.repeats", "bench.expressions_per_image"))
     if variant:
         print(json.dumps(run_variant(variant, overrides, batch_size, repeats, per_image)))
         return

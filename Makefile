@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not slow'"` for the fast suite only
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-fast profile bench clean-outputs
+.PHONY: install train test test-fast profile bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

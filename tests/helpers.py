@@ -39,3 +39,16 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
     overrides = [arg for arg in args if not arg.startswith("-")]
     return subprocess.run([sys.executable, "-m", "risbench", *flags, *overrides], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def build_model(model: str, vocab_size: int, overrides: list[str] | tuple = (), **nodes):
+    """The ``model=<model>`` network as its config builds it (paper size unless ``overrides`` say otherwise),
+    with the nested dicts ``nodes`` merged into its ``model:`` node (e.g. ``vision={"pretrained": False}``)."""
+    from omegaconf import OmegaConf
+
+    from risbench.config import instantiate_node
+
+    cfg = compose_config([f"model={model}", "scale=paper", *overrides])
+    OmegaConf.set_struct(cfg, False)  # the merged nodes may add keys (e.g. explicit ViT dims)
+    cfg = OmegaConf.merge(cfg, {"model": nodes})
+    return instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")

@@ -157,7 +157,7 @@ def test_profile_needs_no_data(tmp_path):
     (["mode=dance"], "unknown mode"),
     (["data=refcoco", "trainer.fast_dev_run=true"], "instances.json"),
     (["mode=predict", "ckpt_path=/nonexistent.ckpt", "predict.text=x"], "checkpoint not found"),
-    (["eval.threshold=1.5", "trainer.fast_dev_run=true"], "eval.threshold must be a probability in (0, 1)"),
+    (["eval.paper.threshold=1.5", "trainer.fast_dev_run=true"], "eval.paper.threshold must be a probability in (0, 1)"),
 ])
 def test_user_errors_are_one_clear_message(tmp_path, data_dir, args, message):
     result = cli(tmp_path, data_dir, *args, expect_ok=False, small_data="data=refcoco" not in args)

@@ -17,8 +17,8 @@ MODELS = [
     ["model=restr", "model.fusion.type=vme", "model.decoder.enabled=false"],
     ["model=lavt"],
     ["model=sadlr"],
-    ["model=sadlr", "model.base=lts", "model.head=cgan"],
-    ["model=sadlr", "model.base=vlt", "model.head=sadlr"],
+    ["model=sadlr", "model/base=lts", "model/head=cgan"],
+    ["model=sadlr", "model/base=vlt", "model/head=sadlr"],
 ]
 
 

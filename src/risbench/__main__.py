@@ -7,9 +7,10 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from risbench.config import CONF_DIR
+from risbench.config import CONF_DIR, check_scale
 from risbench.errors import RisbenchError
 
 # mode -> "module:function" under risbench.tasks (imported lazily: profile needs no data stack)
@@ -31,6 +32,8 @@ def _log_once() -> None:
 def run_task(cfg: DictConfig):
     if cfg.mode not in TASKS:
         raise RisbenchError(f"unknown mode={cfg.mode!r}; choose one of {', '.join(TASKS)}")
+    choices = HydraConfig.get().runtime.choices
+    check_scale(choices.get("model"), choices.get("scale"))
     module_name, function_name = TASKS[cfg.mode].split(":")
     task = getattr(importlib.import_module(module_name), function_name)
     _log_once()

@@ -17,7 +17,7 @@ import torch
 
 from risbench.data.refer import ReferAnnotations, combine_parts, load_refs, refs_path, segmentation_parts
 from risbench.errors import RisbenchError
-from risbench.lit import masks_at_original_size, threshold_logit
+from risbench.evaluation import masks_at_original_size, threshold_logit
 from risbench.models.base import RISModel
 
 ATTRIBUTES = ("colour", "shape", "size")

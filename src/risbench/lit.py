@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 
@@ -12,36 +11,23 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from risbench.data.transforms import unmap_to_original
-from risbench.errors import RisbenchError
-from risbench.losses import resize_logits
+from risbench.evaluation import Protocol
 from risbench.metrics import ReferringSegmentationMetrics
 from risbench.models.base import RISModel
 from risbench.optim import build_param_groups
 
 
-def threshold_logit(threshold: float) -> float:
-    """``eval.threshold`` (a probability) as the logit that predictions are compared with."""
-    threshold = float(threshold)
-    if not 0.0 < threshold < 1.0:
-        raise RisbenchError(f"eval.threshold must be a probability in (0, 1), got {threshold}")
-    return math.log(threshold / (1.0 - threshold))
-
-
-def masks_at_original_size(logits: torch.Tensor, batch: dict, logit_threshold: float) -> list[torch.Tensor]:
-    """(B,1,h,w) mask logits -> per sample a binary (H_i, W_i) mask on the original image."""
-    size = batch["image"].shape[-1]
-    return [unmap_to_original(logits[i], batch["valid_box"][i], batch["orig_size"][i], size)[0] >= logit_threshold
-            for i in range(logits.shape[0])]
-
-
 class RISLitModule(L.LightningModule):
     """Training/evaluation loop around ``net`` (a `RISModel`).
 
-    ``optim`` is the ``optim:`` config node; ``eval_cfg`` the ``eval:`` node; ``val_split`` and
-    ``test_splits`` name the metrics (``val/oIoU``, ``testA/mIoU``, ...); ``run_info`` (experiment,
-    model config, overrides) is saved in every checkpoint so a mismatch can be explained.
+    ``optim`` is the ``optim:`` config node; ``eval_cfg`` the ``eval:`` node (its ``common`` and ``paper``
+    protocols are both scored in every evaluation pass); ``val_split`` and ``test_splits`` name the metrics
+    (``val/oIoU`` under the common protocol, ``val/paper/oIoU`` under the paper's, ``testA/mIoU``, ...);
+    ``run_info`` (experiment, model config, overrides) is saved in every checkpoint so a mismatch can be
+    explained.
     """
+
+    PROTOCOLS = {"common": "", "paper": "paper/"}  # protocol -> metric name prefix
 
     def __init__(self, net: RISModel, optim: DictConfig | dict, eval_cfg: DictConfig | dict,
                  val_split: str | None = "val", test_splits: Sequence[str] = ("val",), run_info: dict | None = None):
@@ -52,14 +38,15 @@ class RISLitModule(L.LightningModule):
         self.eval_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(eval_cfg), resolve=True))
         self.val_split = val_split
         self.test_splits = list(test_splits)
-        self.logit_threshold = threshold_logit(self.eval_cfg.threshold)
-        metric_args = dict(prec_thresholds=list(self.eval_cfg.prec_thresholds), prec_op=self.eval_cfg.prec_op,
-                           empty_union_iou=self.eval_cfg.empty_union_iou,
-                           length_buckets=OmegaConf.to_object(self.eval_cfg).get("length_buckets"))
+        self.results: dict[str, dict[str, float]] = {}  # split -> metric -> value of the last evaluation
+        self.protocols = {name: Protocol.from_config(self.eval_cfg[name], f"eval.{name}") for name in self.PROTOCOLS}
+        shared = dict(prec_thresholds=list(self.eval_cfg.prec_thresholds),
+                      length_buckets=OmegaConf.to_object(self.eval_cfg).get("length_buckets"))
         splits = dict.fromkeys(split for split in [val_split, *self.test_splits] if split)  # val may be None
-        # keyed "split/<name>": a bare split name such as "train" would clash with nn.Module attributes
-        self.metrics = torch.nn.ModuleDict({f"split/{split}": ReferringSegmentationMetrics(**metric_args)
-                                            for split in splits})
+        # keyed "<protocol>/<split>": a bare split name such as "train" would clash with nn.Module attributes
+        self.metrics = torch.nn.ModuleDict({
+            f"{name}/{split}": ReferringSegmentationMetrics(**shared, **protocol.metric_options())
+            for split in splits for name, protocol in self.protocols.items()})
 
     # ---- steps ---------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:
@@ -76,32 +63,25 @@ class RISLitModule(L.LightningModule):
                  batch_size=batch_size, sync_dist=True)
         return losses["loss"]
 
-    def predict_masks(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Binary predictions and ground truths at the configured evaluation resolution."""
-        logits = self.net.mask_logits(self.net(batch)).float()  # (B,1,h,w)
-        if self.eval_cfg.resolution == "input":
-            logits = resize_logits(logits, tuple(batch["mask"].shape[-2:]))
-            preds = list((logits[:, 0] >= self.logit_threshold))
-            targets = list(batch["mask"][:, 0] > 0.5)
-            return preds, targets
-        if self.eval_cfg.resolution != "original":
-            raise ValueError(f"eval.resolution must be 'original' or 'input', got {self.eval_cfg.resolution!r}")
-        return masks_at_original_size(logits, batch, self.logit_threshold), list(batch["orig_masks"])
-
     def _eval_step(self, batch: dict | None, split: str) -> None:
         if batch is None:
             return
-        preds, targets = self.predict_masks(batch)
-        self.metrics[f"split/{split}"].update(preds, targets, batch["num_words"])
+        logits = self.net.mask_logits(self.net(batch)).float()  # (B,1,h,w), one forward for both protocols
+        for name, protocol in self.protocols.items():
+            preds, targets = protocol.scored_masks(logits, batch)
+            self.metrics[f"{name}/{split}"].update(preds, targets, batch["num_words"])
 
     def _eval_epoch_end(self, splits: Sequence[str]) -> None:
         for split in splits:
-            metric = self.metrics[f"split/{split}"]
-            if not metric.update_called:
-                continue
-            values = metric.compute()
-            self.log_dict({f"{split}/{key}": value.float() for key, value in values.items()}, sync_dist=False)
-            metric.reset()
+            for name, prefix in self.PROTOCOLS.items():
+                metric = self.metrics[f"{name}/{split}"]
+                if not metric.update_called:
+                    continue
+                values = {f"{prefix}{key}": value for key, value in metric.compute().items()}
+                self.log_dict({f"{split}/{key}": value.float() for key, value in values.items()}, sync_dist=False)
+                # exact figures for results.json: float64 from the metric's integer sums
+                self.results.setdefault(split, {}).update({key: float(value) for key, value in values.items()})
+                metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_split)

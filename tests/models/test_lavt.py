@@ -7,20 +7,21 @@ import torch
 import torch.nn.functional as F
 
 from risbench.losses import dice_loss
-from risbench.models.common.swin import SwinTower
+from risbench.models.common.vision.swin import SwinTower
 from risbench.models.lavt import LAVT, PWAM
 from risbench.profiling import count_macs
+from tests.helpers import build_model
 
 TEXT = dict(pretrained=False, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
             max_positions=32, trainable="all")
-VISION = dict(pretrained=False, img_size=64, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+VISION = dict(pretrained=False, img_size=64, embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8],
               window_size=4, drop_path_rate=0.0)
 VOCAB = 50
 
 
 def tiny(**overrides) -> LAVT:
     torch.manual_seed(0)
-    return LAVT(vocab_size=VOCAB, text=TEXT, vision=VISION, channels=32, **overrides).eval()
+    return build_model("lavt", VOCAB, text=TEXT, vision=VISION, channels=32, **overrides).eval()
 
 
 def make_batch(batch_size: int = 2, size: int = 64, length: int = 8, seed: int = 0) -> dict:
@@ -141,7 +142,7 @@ def test_bf16_autocast_runs_on_cpu():
 @pytest.fixture(scope="module")
 def lavt_480():
     torch.manual_seed(0)
-    model = LAVT(vocab_size=30522, text=dict(pretrained=False), vision=dict(pretrained=False, img_size=480))
+    model = build_model("lavt", 30522, text=dict(pretrained=False), vision=dict(pretrained=False, img_size=480))
     batch = {"image": torch.randn(1, 3, 480, 480), "tokens": torch.randint(1, 30522, (1, 20)),
              "attention_mask": torch.ones(1, 20, dtype=torch.long)}
     shapes = {}

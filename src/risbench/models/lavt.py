@@ -8,95 +8,22 @@ Details follow the public LAVT code (spec: ``papers/sadlr.md`` §2.2)::
                                            x_s + tanh-gate(F_s) * F_s --> stage s+1
     decoder: F_4 (1024,15²) -> +F_3 -> +F_2 -> +F_1 = Y (512,120²) -> Conv1x1 -> (2,120²)
 
-This file also holds what every dense base of SADLR shares (`DenseReferringModel`: the ``encode(batch)
--> dict(Y, L, l_mask)`` interface, the classifier, the two-class losses) and the decoder, reused by the
-LTS and VLT bases.
+`LAVT` is a `DenseReferringModel` (``encode(batch) -> Y``, the two-class classifier and losses), so SADLR
+can put its head on it; the text encoder is the configured one (``model.text``, BERT-base in the paper).
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from risbench.losses import deep_supervision, dice_loss, resize_logits, weighted_ce_loss
-from risbench.models.base import RISModel
-from risbench.models.common.swin import SwinTower
-from risbench.models.common.text import BertTextEncoder
-
-
-# --- two-class outputs: losses and the foreground logit (shared by LAVT, LTS, VLT and the SADLR heads) ---
-
-def two_class_loss(logits: torch.Tensor, mask: torch.Tensor, name: str = "ce",
-                   class_weights: Sequence[float] = (0.9, 1.1)) -> torch.Tensor:
-    """Loss of (B,2,h,w) logits against a (B,1,S,S) mask, at the mask's resolution (logits upsampled)."""
-    logits = resize_logits(logits.float(), tuple(mask.shape[-2:]))
-    if name == "ce":
-        return weighted_ce_loss(logits, mask, class_weights)
-    if name == "dice":
-        return dice_loss(logits, mask)
-    if name == "dice_ce":
-        return dice_loss(logits, mask) + weighted_ce_loss(logits, mask, class_weights)
-    raise ValueError(f"model.loss.name must be ce|dice|dice_ce, got {name!r}")
-
-
-def supervise_rounds(logits: Sequence[torch.Tensor], mask: torch.Tensor, weights: Sequence[float],
-                     name: str = "ce", class_weights: Sequence[float] = (0.9, 1.1)) -> dict:
-    """Weighted sum of one loss per predicted map (iterative rounds / cascade steps), with the parts."""
-    parts = [two_class_loss(r, mask, name, class_weights) for r in logits]
-    out = {"loss": deep_supervision(parts, weights)}
-    if len(parts) > 1:
-        out.update({f"{name}_round{i + 1}": part.detach() for i, part in enumerate(parts)})
-    return out
-
-
-def foreground_logit(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(B,2,h,w) -> (B,1,S,S) ``fg - bg`` after LAVT's bilinear (align_corners) upsampling to the input."""
-    logits = resize_logits(logits.float(), tuple(size))
-    return logits[:, 1:2] - logits[:, 0:1]
-
-
-def masked_mean(words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of (B,T,C) word features over the real tokens -> (B,C)."""
-    m = word_mask.to(words.dtype)[:, :, None]
-    return (words * m).sum(1) / m.sum(1).clamp(min=1)
-
-
-class DenseReferringModel(RISModel):
-    """A referring segmenter ending in multi-modal maps Y (B, C, H/4, W/4) and a 1x1 classifier.
-
-    Subclasses implement `encode`; SADLR calls it and replaces the classifier with its own head.
-    """
-
-    def __init__(self, vocab_size: int, text: dict, channels: int, loss: dict | None = None):
-        super().__init__()
-        self.text = BertTextEncoder(vocab_size=vocab_size, **text)
-        self.out_channels = channels
-        self.loss_cfg = dict(loss or {})
-        self.classifier = nn.Conv2d(channels, 2, 1)
-
-    @abstractmethod
-    def encode(self, batch: dict) -> dict:
-        """-> dict(Y=(B,C,H/4,W/4), L=(B,T,C_l) word features, l_mask=(B,T))."""
-
-    def forward(self, batch: dict) -> dict:
-        enc = self.encode(batch)
-        return {"logits": [self.classifier(enc["Y"])], "size": tuple(batch["image"].shape[-2:])}
-
-    def loss(self, outputs: dict, batch: dict) -> dict:
-        return supervise_rounds(outputs["logits"], batch["mask"], [1.0], **self.loss_cfg)
-
-    def mask_logits(self, outputs: dict) -> torch.Tensor:
-        return foreground_logit(outputs["logits"][-1], outputs["size"])
-
-    def load_pretrained(self) -> None:
-        """Load every pretrained part (BERT directory, Swin release file) that its config asks for."""
-        for module in self.modules():
-            if isinstance(module, (BertTextEncoder, SwinTower)) and module.pretrained:
-                module.load_pretrained()
+from risbench.models.common.decoders import SimpleDecoding
+from risbench.models.common.heads import DenseReferringModel
+from risbench.models.common.text import TextEncoder
+from risbench.models.common.vision.swin import SwinTower
 
 
 # --- LAVT's own modules ---
@@ -189,40 +116,19 @@ class LanguageAwareSwin(nn.Module):
         return outs
 
 
-class ConvBNReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int, kernel: int = 3):
-        super().__init__(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
-class SimpleDecoding(nn.Module):
-    """LAVT's decoder: from the coarsest map, ``x = 2 x ConvBNReLU(cat(up(x), skip))`` per finer skip."""
-
-    def __init__(self, in_dim: int, skip_dims: Sequence[int], hidden: int):
-        super().__init__()
-        dims = [in_dim, *[hidden] * (len(skip_dims) - 1)]
-        self.stages = nn.ModuleList(nn.Sequential(ConvBNReLU(d + s, hidden), ConvBNReLU(hidden, hidden))
-                                    for d, s in zip(dims, skip_dims))
-
-    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
-        for stage, skip in zip(self.stages, skips):            # skips from coarse to fine
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            x = stage(torch.cat([x, skip], dim=1))
-        return x
-
-
 class LAVT(DenseReferringModel):
     """LAVT (Swin + PWAM + gates, BERT, SimpleDecoding). ``channels`` = decoder width = Y's C (512)."""
 
-    def __init__(self, vocab_size: int, text: dict, vision: dict, loss: dict | None = None, channels: int = 512,
-                 gate_init: str = "lavt"):
+    def __init__(self, vocab_size: int, text: Callable[..., TextEncoder], vision: dict, channels: int,
+                 gate_init: str, loss: dict | None = None):
         super().__init__(vocab_size, text, channels, loss)
-        self.vision = LanguageAwareSwin(vision, text_dim=self.text.hidden_size, gate_init=gate_init)
+        self.vision = LanguageAwareSwin(vision, text_dim=self.text.out_dim, gate_init=gate_init)
         dims = self.vision.dims
         self.decoder = SimpleDecoding(dims[-1], dims[-2::-1], channels)
 
     def encode(self, batch: dict) -> dict:
-        words, word_mask = self.text(batch["tokens"], batch["attention_mask"])  # (B, T, C_l)
+        word_mask = batch["attention_mask"]
+        words, sentence = self.text(batch["tokens"], word_mask)  # (B, T, C_l), (B, C_l)
         feats = self.vision(batch["image"], words, word_mask)  # per stage (B, D_s, H_s, W_s)
         y = self.decoder(feats[-1], feats[-2::-1])             # (B, C, H/4, W/4)
-        return {"Y": y, "L": words, "l_mask": word_mask}
+        return {"Y": y, "L": words, "sentence": sentence, "l_mask": word_mask}

@@ -15,53 +15,16 @@ localisation loss (it is learnt through the mask loss). Widths default to ~133 G
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from risbench.models.common.attention import Block, sinusoidal_positions
-from risbench.models.common.swin import SwinTower
-from risbench.models.lavt import ConvBNReLU, DenseReferringModel, SimpleDecoding, masked_mean
-
-
-def grid_positions(h: int, w: int, dim: int) -> torch.Tensor:
-    """2-D sine/cosine positions (h*w, dim): half the channels encode the row, half the column."""
-    rows = sinusoidal_positions(h, dim // 2)[:, None].expand(h, w, dim // 2)
-    cols = sinusoidal_positions(w, dim // 2)[None].expand(h, w, dim // 2)
-    return torch.cat([rows, cols], dim=-1).reshape(h * w, dim)
-
-
-class Stride16Neck(nn.Module):
-    """Stage maps (stride 8, 16, 32) -> 1x1 ConvBNReLU to C each, resized to stride 16, concat, 3x3 fuse."""
-
-    def __init__(self, dims: Sequence[int], channels: int):
-        super().__init__()
-        self.proj = nn.ModuleList(ConvBNReLU(d, channels, 1) for d in dims)
-        self.fuse = ConvBNReLU(len(dims) * channels, channels)
-
-    def forward(self, feats: Sequence[torch.Tensor], gains: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        size = feats[1].shape[-2:]
-        levels = []
-        for i, (proj, f) in enumerate(zip(self.proj, feats)):
-            x = proj(f)
-            if gains is not None:
-                x = x * gains[i][:, :, None, None]              # cross-modal fusion by product
-            levels.append(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
-        return self.fuse(torch.cat(levels, dim=1))            # (B, C, H/16, W/16)
-
-
-class DenseBaseDecoder(nn.Module):
-    """Stride-16 map + stage 2/1 skips -> LAVT's decoder at ``hidden`` -> 1x1 to ``channels`` (= Y)."""
-
-    def __init__(self, in_dim: int, skip_dims: Sequence[int], hidden: int, channels: int):
-        super().__init__()
-        self.decode = SimpleDecoding(in_dim, skip_dims, hidden)
-        self.project = nn.Conv2d(hidden, channels, 1) if hidden != channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.project(self.decode(x, skips))
+from risbench.models.common.attention import Block, grid_positions
+from risbench.models.common.decoders import ConvBNReLU, DenseBaseDecoder, Stride16Neck
+from risbench.models.common.heads import DenseReferringModel
+from risbench.models.common.text import TextEncoder
+from risbench.models.common.vision.swin import SwinTower
 
 
 class Locate(nn.Module):
@@ -91,12 +54,13 @@ class Locate(nn.Module):
 class LTS(DenseReferringModel):
     """LTS base: fuse -> locate -> segment; Y = (B, channels, H/4, W/4). Approximate (see module doc)."""
 
-    def __init__(self, vocab_size: int, text: dict, vision: dict, loss: dict | None = None, channels: int = 512,
-                 neck_channels: int = 512, locate_layers: int = 2, num_heads: int = 8, decoder_channels: int = 256):
+    def __init__(self, vocab_size: int, text: Callable[..., TextEncoder], vision: dict, channels: int,
+                 neck_channels: int, locate_layers: int, num_heads: int, decoder_channels: int,
+                 loss: dict | None = None):
         super().__init__(vocab_size, text, channels, loss)
         self.vision = SwinTower(**vision, out_norms=True)
         dims = self.vision.dims
-        text_dim = self.text.hidden_size
+        text_dim = self.text.out_dim
         self.sentence = nn.ModuleList(nn.Linear(text_dim, neck_channels) for _ in dims[1:])
         self.neck = Stride16Neck(dims[1:], neck_channels)
         self.locate = Locate(neck_channels, text_dim, locate_layers, num_heads)
@@ -104,11 +68,11 @@ class LTS(DenseReferringModel):
         self.decoder = DenseBaseDecoder(neck_channels, dims[1::-1], decoder_channels, channels)
 
     def encode(self, batch: dict) -> dict:
-        words, word_mask = self.text(batch["tokens"], batch["attention_mask"])  # (B, T, C_l)
+        word_mask = batch["attention_mask"]
+        words, s = self.text(batch["tokens"], word_mask)                      # (B, T, C_l), (B, C_l)
         feats = self.vision(batch["image"])                                    # 4 x (B, D_s, H_s, W_s)
-        s = masked_mean(words, word_mask)
         fm = self.neck(feats[1:], [proj(s) for proj in self.sentence])         # (B, C, H/16, W/16)
         fm, prior = self.locate(fm, words, word_mask, s)
         x = self.segment(torch.cat([fm, prior], dim=1))
         y = self.decoder(x, feats[1::-1])                                      # (B, channels, H/4, W/4)
-        return {"Y": y, "L": words, "l_mask": word_mask, "prior": prior}
+        return {"Y": y, "L": words, "sentence": s, "l_mask": word_mask}

@@ -16,134 +16,25 @@ Shapes below are for the paper's 480 px input: grid 30x30, Nv = 900 patches, Nl 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
 from torch import nn
 
-from risbench.errors import MissingFileError, RisbenchError
+from risbench.errors import RisbenchError
 from risbench.losses import bce_loss, dice_loss, resize_logits
 from risbench.models.base import RISModel, distinct_images
-from risbench.models.common.attention import Block, sinusoidal_positions
-from risbench.models.common.weights import load_into, read_state_dict
-from risbench.models.common.word_embedding import init_from_word_vectors
-
-VISION_DEFAULTS = dict(
-    timm_name="vit_base_patch16_384.augreg_in21k_ft_in1k",  # the official code's in21k -> in1k@384 ViT-B/16
-    arch={},  # VisionTransformer kwargs overriding the timm model's (explicit dims at tiny scale)
-    pretrained=True,
-    checkpoint=None,
-    drop_path_rate=0.1,
-)
-TEXT_DEFAULTS = dict(
-    dim=300, depth=6, num_heads=12,
-    mlp_dim=1200,  # official code 4 x 300; the paper text says 3072 (spec 6.1)
-    norm_first=True,  # paper Eq. 1-2 pre-LN; official code post-LN (spec 6.2)
-    pad_mode="zero",  # zero: padded rows zeroed after the projection, keys not masked (code); mask: key mask
-    max_length=20,
-    glove_path=None, glove_vocab_path=None, vocab_path=None, oov_std=0.1,
-)
-FUSION_DEFAULTS = dict(
-    type="cme", num_layers=4, weight_sharing=False,
-    dim=768, num_heads=12, mlp_dim=3072, drop_path_rate=0.1,
-    input_norm="l2",  # l2 (code) | layernorm | none (spec 6.3)
-    vl_output_norm=True,  # paper: LN on every encoder output; code: only after the LS stack (spec 6.8)
-)
-HEAD_DEFAULTS = dict(extra_proj=False, logit_scale="sqrt_d")  # code: extra_proj=True, logit_scale=none (6.5)
-DECODER_DEFAULTS = dict(enabled=True, mask_with="sigmoid", visual_skip="vit")  # code: logits, projected
-# code rule: any (spec 6.9); dice_weight > 0 adds a soft Dice term on the pixel logits (not in the paper)
-LOSS_DEFAULTS = dict(patch_weight=0.1, patch_tau=0.8, patch_label_rule="mean", dice_weight=0.0)
-
-
-def _options(defaults: dict, given: Mapping | None, what: str) -> dict:
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise RisbenchError(f"model.{what} has unknown keys {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **given}
+from risbench.models.common.attention import Block, init_linear
+from risbench.models.common.text import TextEncoder
+from risbench.models.common.vision.vit import build_vit, load_vit_checkpoint
 
 
 def _choice(value: str, allowed: Iterable[str], key: str) -> str:
     if value not in allowed:
         raise RisbenchError(f"model.{key}={value!r} is not one of {sorted(allowed)}")
     return value
-
-
-def _init_linear(module: nn.Module) -> None:
-    """timm ViT init: trunc_normal(0.02) weights, zero biases (fusion and language blocks start random)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Encoders
-# ----------------------------------------------------------------------------------------------------
-
-def build_vit(timm_name: str | None, img_size: int, drop_path_rate: float, arch: Mapping | None = None
-              ) -> VisionTransformer:
-    """The vision tower without head: a timm model by name (``arch`` overrides its dims) or explicit dims.
-
-    ``global_pool=''``: calling the tower returns every token after the final LN (B, 1+N, D).
-    """
-    arch = {"num_classes": 0, "global_pool": "", **(arch or {})}
-    if timm_name:
-        return timm.create_model(timm_name, pretrained=False, img_size=img_size, drop_path_rate=drop_path_rate,
-                                 **arch)
-    return VisionTransformer(img_size=img_size, drop_path_rate=drop_path_rate, **arch)
-
-
-def load_vit_checkpoint(vit: VisionTransformer, path: str | Path, timm_name: str | None) -> None:
-    """Load a timm-compatible ViT checkpoint; position embeddings are resampled to the model's grid.
-
-    ``.npz``: the official Google (big_vision / AugReg) layout through timm's own loader. ``.pth/.bin/
-    .safetensors``: a timm state dict through timm's ``checkpoint_filter_fn``.
-    """
-    path = Path(path).expanduser()
-    source = (f"the timm checkpoint '{timm_name}' (the model.safetensors file of huggingface.co/timm/{timm_name})"
-              if timm_name else "a timm VisionTransformer checkpoint of the configured size")
-    hint = (f"download {source}, save it at this path (or point model.vision.checkpoint at it), "
-            "or set model.vision.pretrained=false to train the ViT from scratch")
-    if not path.is_file():
-        raise MissingFileError("ViT checkpoint", path, hint)
-    if path.suffix == ".npz":
-        try:
-            _load_weights(vit, str(path))
-        except (KeyError, ValueError) as exc:
-            raise RisbenchError(f"ViT checkpoint {path} is not in the official npz layout of this "
-                                f"ViT ({type(exc).__name__}: {exc})") from None
-        return
-    state = read_state_dict(path, "ViT checkpoint", hint)
-    state = checkpoint_filter_fn(state, vit)
-    load_into(vit, state, f"ViT checkpoint {path}", allowed_unexpected=("head.", "fc_norm.", "pre_logits."))
-
-
-class LanguageEncoder(nn.Module):
-    """Word embedding + fixed sinusoidal positions -> Blocks -> LN: (B, T) ids -> (B, T, Dl)."""
-
-    def __init__(self, vocab_size: int, dim: int, depth: int, num_heads: int, mlp_dim: int,
-                 norm_first: bool, max_length: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)  # <pad> = 0, a zero row
-        self.register_buffer("pos", sinusoidal_positions(max_length, dim), persistent=False)
-        self.blocks = nn.ModuleList(
-            [Block(dim, num_heads, mlp_dim=mlp_dim, norm_first=norm_first) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.blocks.apply(_init_linear)
-
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if tokens.shape[1] > self.pos.shape[0]:
-            raise RisbenchError(f"{tokens.shape[1]} tokens exceed model.text.max_length={self.pos.shape[0]}")
-        x = self.embed(tokens) + self.pos[: tokens.shape[1]].to(self.embed.weight.dtype)  # PE on every slot
-        for block in self.blocks:
-            x = block(x, key_padding_mask=key_padding_mask)
-        return self.norm(x)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +85,7 @@ class FusionEncoder(nn.Module):
         else:
             self.vl = Stack(num_layers // 2, out_norm=vl_output_norm, **stack)
             self.ls = Stack(num_layers // 2, **stack)
-        self.apply(_init_linear)
+        self.apply(init_linear)
         trunc_normal_(self.seed, std=0.02)
 
     def _normalize(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -295,48 +186,37 @@ class ReSTR(RISModel):
 
     profile_exclude = ("text.embed.",)  # the paper's counts leave out the GloVe table
 
-    def __init__(self, vocab_size: int, img_size: int = 480, vision: Mapping | None = None,
-                 text: Mapping | None = None, fusion: Mapping | None = None, head: Mapping | None = None,
-                 decoder: Mapping | None = None, loss: Mapping | None = None):
+    def __init__(self, vocab_size: int, img_size: int, vision: dict, text: Callable[..., TextEncoder],
+                 fusion: dict, head: dict, decoder: dict, loss: dict):
         super().__init__()
-        self.vision_cfg = _options(VISION_DEFAULTS, vision, "vision")
-        self.text_cfg = _options(TEXT_DEFAULTS, text, "text")
-        fusion_cfg = _options(FUSION_DEFAULTS, fusion, "fusion")
-        head_cfg = _options(HEAD_DEFAULTS, head, "head")
-        decoder_cfg = _options(DECODER_DEFAULTS, decoder, "decoder")
-        self.loss_cfg = _options(LOSS_DEFAULTS, loss, "loss")
-        self.pad_mode = _choice(self.text_cfg["pad_mode"], ("zero", "mask"), "text.pad_mode")
+        vision = dict(vision)
+        self.vit_pretrained, self.vit_checkpoint = vision.pop("pretrained"), vision.pop("checkpoint")
+        self.vit_name = vision["timm_name"]
+        self.loss_cfg = dict(loss)
 
-        self.vision = build_vit(self.vision_cfg["timm_name"], img_size, self.vision_cfg["drop_path_rate"],
-                                self.vision_cfg["arch"])
+        self.vision = build_vit(img_size=img_size, **vision)
         self.patch_size = self.vision.patch_embed.patch_size[0]
         self.grid = tuple(self.vision.patch_embed.grid_size)
         vision_dim = self.vision.embed_dim
-        t = self.text_cfg
-        self.text = LanguageEncoder(vocab_size, t["dim"], t["depth"], t["num_heads"], t["mlp_dim"],
-                                    t["norm_first"], t["max_length"])
-        self.fusion = FusionEncoder(vision_dim, t["dim"], **fusion_cfg)
-        dim = fusion_cfg["dim"]
-        self.head = PatchClassifier(dim, **head_cfg)
-        self.mask_with = _choice(decoder_cfg["mask_with"], ("sigmoid", "logits"), "decoder.mask_with")
-        self.visual_skip = _choice(decoder_cfg["visual_skip"], ("vit", "projected"), "decoder.visual_skip")
+        self.text = text(vocab_size=vocab_size)
+        self.fusion = FusionEncoder(vision_dim, self.text.out_dim, **fusion)
+        dim = fusion["dim"]
+        self.head = PatchClassifier(dim, **head)
+        self.mask_with = _choice(decoder["mask_with"], ("sigmoid", "logits"), "decoder.mask_with")
+        self.visual_skip = _choice(decoder["visual_skip"], ("vit", "projected"), "decoder.visual_skip")
         skip_dim = vision_dim if self.visual_skip == "vit" else dim
-        self.decoder = CoarseToFineDecoder(skip_dim + dim, self.patch_size) if decoder_cfg["enabled"] else None
+        self.decoder = CoarseToFineDecoder(skip_dim + dim, self.patch_size) if decoder["enabled"] else None
         # the code trains the decoder-free variant on pixel BCE alone (spec 6.11)
         self.patch_weight = self.loss_cfg["patch_weight"] if self.decoder is not None else 0.0
 
     # -- pretrained parts --------------------------------------------------------------------------
     def load_pretrained(self) -> None:
-        """Load the ViT checkpoint and the GloVe table from the configured local files."""
-        if self.vision_cfg["pretrained"]:
-            if not self.vision_cfg["checkpoint"]:
+        """The ViT checkpoint (``model.vision.pretrained``), then the text encoder's GloVe table."""
+        if self.vit_pretrained:
+            if not self.vit_checkpoint:
                 raise RisbenchError("model.vision.pretrained=true but model.vision.checkpoint is not set")
-            load_vit_checkpoint(self.vision, self.vision_cfg["checkpoint"], self.vision_cfg["timm_name"])
-        if self.text_cfg["glove_path"]:
-            if not self.text_cfg["vocab_path"]:
-                raise RisbenchError("model.text.glove_path needs model.text.vocab_path (the tokenizer vocabulary)")
-            init_from_word_vectors(self.text.embed, self.text_cfg["glove_path"], self.text_cfg["vocab_path"],
-                                   self.text_cfg["glove_vocab_path"], self.text_cfg["oov_std"])
+            load_vit_checkpoint(self.vision, self.vit_checkpoint, self.vit_name)
+        super().load_pretrained()
 
     # -- forward -----------------------------------------------------------------------------------
     def encode_image(self, image: torch.Tensor, image_ids: list | None = None) -> torch.Tensor:
@@ -356,10 +236,10 @@ class ReSTR(RISModel):
         image, tokens = batch["image"], batch["tokens"]
         B = image.shape[0]
         h, w = self.grid
-        pad = batch["attention_mask"] == 0 if "attention_mask" in batch else tokens == 0  # (B,20)
-        key_padding_mask = pad if self.pad_mode == "mask" else None
+        pad = batch["attention_mask"] == 0                                     # (B,20)
+        key_padding_mask = pad if self.text.pad_mode == "mask" else None
         zv = self.encode_image(image, batch.get("image_id"))                   # (B,900,768)
-        zl = self.text(tokens, key_padding_mask)                               # (B,20,300)
+        zl, _ = self.text(tokens, batch["attention_mask"])                     # (B,20,300)
         v, zv_fused, classifier = self.fusion(zv, zl, pad, key_padding_mask)   # (B,900,768), (B,1,768)
         patches, logits = self.head(zv_fused, classifier)                      # (B,900,768), (B,900,1)
         patch_logits = logits.transpose(1, 2).reshape(B, 1, h, w)              # (B,1,30,30)

@@ -10,8 +10,9 @@ weights (spec ``papers/sadlr.md`` §2.3)::
               R_i = Linear(Z) -> (B, 2, H/4, W/4)
     loss = sum_i lambda_i Dice(up(R_i), GT); prediction = R_n
 
-`SADLR` (``model=sadlr``) composes ``base = lavt | lts | vlt`` with ``head = none | cgan | sadlr``
-(Table 3). ``head=none``, or ``sadlr.iterations=0``, is exactly the base model with its own classifier.
+`SADLR` (``model=sadlr``) composes a base (``model/base=lavt|lts|vlt``) with a head
+(``model/head=none|cgan|sadlr``, Table 3); the base trains with SADLR's ``model.loss``. ``model/head=none``,
+or ``model.head.iterations=0``, is exactly the base model with its own classifier.
 The CGAN head is a stand-in for Luo et al.'s cascade grouped attention (the paper gives no details):
 stacked cross-attention layers in which the pixels of Y attend to the words, a classifier and an
 auxiliary loss after each (spec §2.4), sized to ~+10 GMACs at 480 px.
@@ -20,26 +21,25 @@ auxiliary loss after each (spec §2.4), sized to ~+10 GMACs at 480 px.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from risbench.errors import RisbenchError
 from risbench.losses import iterative_loss_weights
 from risbench.models.base import RISModel
-from risbench.models.lavt import LAVT, DenseReferringModel, foreground_logit, masked_mean, supervise_rounds
-from risbench.models.lts import LTS
-from risbench.models.vlt import VLT, CrossAttentionBlock
-
-BASES: dict[str, type[DenseReferringModel]] = {"lavt": LAVT, "lts": LTS, "vlt": VLT}
+from risbench.models.common.attention import CrossAttentionBlock
+from risbench.models.common.heads import (DenseReferringModel, check_loss_options, foreground_logit,
+                                          supervise_rounds)
 
 
 def parse_structure(structure: str) -> list[int]:
     """Table 4b kernel structure: ``d128-512`` -> [128, 512]; ``d128-512x2`` -> [128, 512, 128, 512]."""
     match = re.fullmatch(r"d(\d+(?:-\d+)*)(?:x(\d+))?", str(structure))
     if match is None:
-        raise ValueError(f"model.sadlr.structure must look like d128-512 or d128-512x2, got {structure!r}")
+        raise RisbenchError(f"model.head.structure must look like d128-512 or d128-512x2, got {structure!r}")
     return [int(d) for d in match.group(1).split("-")] * int(match.group(2) or 1)
 
 
@@ -48,7 +48,7 @@ def round_weights(rounds: int, last_loss_weight: float, loss_weights: Sequence[f
     if loss_weights is None:
         return iterative_loss_weights(rounds, last_loss_weight)
     if len(loss_weights) != rounds:
-        raise ValueError(f"{len(loss_weights)} loss weights given for {rounds} supervised rounds")
+        raise RisbenchError(f"model.head.loss_weights has {len(loss_weights)} weights for {rounds} supervised rounds")
     return list(loss_weights)
 
 
@@ -72,18 +72,18 @@ class DynamicConv(nn.Module):
 
 
 class SADLRHead(nn.Module):
-    """The SADLR refinement head; ``forward(Y, L, l_mask)`` returns the n score maps [R_1 .. R_n]."""
+    """The SADLR refinement head; ``forward(Y, L, l_mask, sentence)`` returns the n score maps [R_1 .. R_n]."""
 
-    def __init__(self, channels: int, text_dim: int, iterations: int = 3, structure: str = "d128-512",
-                 query_update: str = "sum", last_loss_weight: float = 0.7,
-                 loss_weights: Sequence[float] | None = None, detach_object: bool = False):
+    def __init__(self, channels: int, text_dim: int, iterations: int, structure: str, query_update: str,
+                 last_loss_weight: float, loss_weights: Sequence[float] | None = None, detach_object: bool = False):
         super().__init__()
         if query_update not in ("sum", "replace"):
-            raise ValueError(f"model.sadlr.query_update must be sum|replace, got {query_update!r}")
+            raise RisbenchError(f"model.head.query_update must be sum|replace, got {query_update!r}")
         self.iterations = iterations
         self.query_update = query_update
         self.detach_object = detach_object
-        self.loss_weights = round_weights(iterations, last_loss_weight, loss_weights)
+        # no rounds (Table 4a n=0): SADLR keeps the base's own classifier instead
+        self.loss_weights = round_weights(iterations, last_loss_weight, loss_weights) if iterations else []
         self.sentence = nn.Linear(text_dim, channels)
         dims = [channels, *parse_structure(structure)]
         self.layers = nn.ModuleList(DynamicConv(channels, a, b) for a, b in zip(dims[:-1], dims[1:]))
@@ -100,10 +100,11 @@ class SADLRHead(nn.Module):
     def update_query(self, query: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
         return query + obj if self.query_update == "sum" else obj
 
-    def forward(self, y: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, y: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                sentence: torch.Tensor) -> list[torch.Tensor]:
         B, C, H, W = y.shape
         tokens = y.flatten(2).transpose(1, 2)                               # (B, HW, C)
-        query = self.sentence(masked_mean(words, word_mask))               # Q_1 = S (B, C)
+        query = self.sentence(sentence)                                     # Q_1 = S (B, C)
         rounds: list[torch.Tensor] = []
         for _ in range(self.iterations):
             if rounds:
@@ -119,8 +120,8 @@ class CGANHead(nn.Module):
     """Cascade cross-attention refiner (CGAN stand-in): Y -> d, ``layers`` x [pixels attend to words,
     MLP], a shared classifier after each step (auxiliary losses); the last step is the prediction."""
 
-    def __init__(self, channels: int, text_dim: int, layers: int = 3, dim: int = 128, num_heads: int = 4,
-                 mlp_dim: int = 640, last_loss_weight: float = 0.7, loss_weights: Sequence[float] | None = None):
+    def __init__(self, channels: int, text_dim: int, layers: int, dim: int, num_heads: int, mlp_dim: int,
+                 last_loss_weight: float, loss_weights: Sequence[float] | None = None):
         super().__init__()
         self.loss_weights = round_weights(layers, last_loss_weight, loss_weights)
         self.proj = nn.Linear(channels, dim)
@@ -128,7 +129,8 @@ class CGANHead(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, 2)
 
-    def forward(self, y: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, y: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                sentence: torch.Tensor) -> list[torch.Tensor]:
         B, C, H, W = y.shape
         x = self.proj(y.flatten(2).transpose(1, 2))                        # (B, HW, d)
         ignore = word_mask == 0
@@ -139,36 +141,28 @@ class CGANHead(nn.Module):
         return steps
 
 
-HEADS: dict[str, type[nn.Module]] = {"cgan": CGANHead, "sadlr": SADLRHead}
-
-
 class SADLR(RISModel):
-    """``base`` (lavt|lts|vlt) + ``head`` (none|cgan|sadlr); per-base and per-head options in their nodes."""
+    """``base`` (a `DenseReferringModel`, built with ``vocab_size``) + ``head`` (built with ``channels`` and
+    the text width; none = the base's own classifier). Both are config nodes (``model/base=``, ``model/head=``),
+    so a new base or head is a new file plus a YAML."""
 
-    def __init__(self, vocab_size: int, text: dict, vision: dict, base: str = "lavt", head: str = "sadlr",
-                 channels: int = 512, loss: dict | None = None, lavt: dict | None = None, lts: dict | None = None,
-                 vlt: dict | None = None, sadlr: dict | None = None, cgan: dict | None = None):
+    def __init__(self, vocab_size: int, base: Callable[..., DenseReferringModel],
+                 head: Callable[..., nn.Module] | None, loss: dict | None = None):
         super().__init__()
-        if base not in BASES or head not in ("none", *HEADS):
-            raise ValueError(f"model.base must be one of {sorted(BASES)} and model.head none|cgan|sadlr, "
-                             f"got base={base!r} head={head!r}")
-        base_options = {"lavt": lavt, "lts": lts, "vlt": vlt}[base] or {}
-        head_options = {"none": None, "cgan": cgan, "sadlr": sadlr}[head] or {}
-        self.loss_cfg = dict(loss or {})
-        self.base = BASES[base](vocab_size=vocab_size, text=text, vision=vision, loss=loss, channels=channels,
-                                **base_options)
-        if head == "sadlr" and head_options.get("iterations", 3) == 0:
-            head = "none"  # Table 4a row n=0 is the base model itself
-        self.head = None
-        if head != "none":
-            self.head = HEADS[head](channels=channels, text_dim=self.base.text.hidden_size, **head_options)
+        self.loss_cfg = check_loss_options(loss)
+        self.base = base(vocab_size=vocab_size, loss=loss)
+        self.head = head(channels=self.base.out_channels, text_dim=self.base.text.out_dim) if head else None
+        if getattr(self.head, "iterations", None) == 0:
+            self.head = None  # Table 4a row n=0 is the base model itself
+        if self.head is not None:
             self.base.classifier = None  # replaced by the head
 
     def forward(self, batch: dict) -> dict:
         if self.head is None:
             return self.base(batch)
         enc = self.base.encode(batch)
-        return {"logits": self.head(enc["Y"], enc["L"], enc["l_mask"]), "size": tuple(batch["image"].shape[-2:])}
+        rounds = self.head(enc["Y"], enc["L"], enc["l_mask"], enc["sentence"])
+        return {"logits": rounds, "size": tuple(batch["image"].shape[-2:])}
 
     def loss(self, outputs: dict, batch: dict) -> dict:
         if self.head is None:
@@ -177,6 +171,3 @@ class SADLR(RISModel):
 
     def mask_logits(self, outputs: dict) -> torch.Tensor:
         return foreground_logit(outputs["logits"][-1], outputs["size"])  # last round only
-
-    def load_pretrained(self) -> None:
-        self.base.load_pretrained()

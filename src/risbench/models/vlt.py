@@ -17,34 +17,17 @@ Widths default to ~143 GMACs at 480 px (Table 3).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from timm.layers import Mlp
 from torch import nn
 
-from risbench.models.common.attention import Attention, Block
-from risbench.models.common.swin import SwinTower
-from risbench.models.lavt import DenseReferringModel
-from risbench.models.lts import DenseBaseDecoder, Stride16Neck, grid_positions
-
-
-class CrossAttentionBlock(nn.Module):
-    """Pre-LN ``x + CrossAttn(LN(x), context)``, ``x + MLP(LN(x))`` (optionally self-attention first)."""
-
-    def __init__(self, dim: int, context_dim: int, num_heads: int, mlp_dim: int | None = None,
-                 self_attention: bool = False):
-        super().__init__()
-        self.self_attn = Block(dim, num_heads, mlp_dim=mlp_dim) if self_attention else None
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, context_dim=context_dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden_features=mlp_dim or 4 * dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor,
-                context_padding: torch.Tensor | None = None) -> torch.Tensor:
-        if self.self_attn is not None:
-            x = self.self_attn(x)
-        x = x + self.attn(self.norm1(x), context, key_padding_mask=context_padding)
-        return x + self.mlp(self.norm2(x))
+from risbench.models.common.attention import Attention, Block, CrossAttentionBlock, grid_positions
+from risbench.models.common.decoders import DenseBaseDecoder, Stride16Neck
+from risbench.models.common.heads import DenseReferringModel
+from risbench.models.common.text import TextEncoder
+from risbench.models.common.vision.swin import SwinTower
 
 
 class SpatialDynamicFusion(nn.Module):
@@ -93,13 +76,13 @@ class QueryBalance(nn.Module):
 class VLT(DenseReferringModel):
     """VLT base; Y = (B, channels, H/4, W/4). Approximate (see module doc)."""
 
-    def __init__(self, vocab_size: int, text: dict, vision: dict, loss: dict | None = None, channels: int = 512,
-                 neck_channels: int = 256, num_heads: int = 8, encoder_layers: int = 2, decoder_layers: int = 2,
-                 num_queries: int = 16, decoder_channels: int = 352):
+    def __init__(self, vocab_size: int, text: Callable[..., TextEncoder], vision: dict, channels: int,
+                 neck_channels: int, num_heads: int, encoder_layers: int, decoder_layers: int, num_queries: int,
+                 decoder_channels: int, loss: dict | None = None):
         super().__init__(vocab_size, text, channels, loss)
         self.vision = SwinTower(**vision, out_norms=True)
         dims = self.vision.dims
-        text_dim = self.text.hidden_size
+        text_dim = self.text.out_dim
         self.neck = Stride16Neck(dims[1:], neck_channels)
         self.fusion = SpatialDynamicFusion(neck_channels, text_dim, num_heads)
         self.encoder = nn.ModuleList(Block(neck_channels, num_heads) for _ in range(encoder_layers))
@@ -111,7 +94,8 @@ class VLT(DenseReferringModel):
         self.decoder = DenseBaseDecoder(neck_channels, dims[1::-1], decoder_channels, channels)
 
     def encode(self, batch: dict) -> dict:
-        words, word_mask = self.text(batch["tokens"], batch["attention_mask"])  # (B, T, C_l)
+        word_mask = batch["attention_mask"]
+        words, sentence = self.text(batch["tokens"], word_mask)                # (B, T, C_l), (B, C_l)
         ignore = word_mask == 0
         feats = self.vision(batch["image"])                                    # 4 x (B, D_s, H_s, W_s)
         x = self.neck(feats[1:])                                               # (B, C, H/16, W/16)
@@ -126,4 +110,4 @@ class VLT(DenseReferringModel):
         response = self.query_balance(queries)                                 # (B, C)
         x = (memory * (1 + response[:, None])).transpose(1, 2).reshape(B, C, H, W)
         y = self.decoder(x, feats[1::-1])                                      # (B, channels, H/4, W/4)
-        return {"Y": y, "L": words, "l_mask": word_mask}
+        return {"Y": y, "L": words, "sentence": sentence, "l_mask": word_mask}

@@ -11,9 +11,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from risbench.config import instantiate_node
 from risbench.data.tokenizers import build_tokenizer
 from risbench.errors import MissingFileError, RisbenchError
 from risbench.lit import RISLitModule
@@ -34,14 +34,14 @@ def tokenizer_kwargs(cfg: DictConfig) -> dict:
 
 def build_datamodule(cfg: DictConfig):
     """The DataModule with its tokenizer; prepares the data (synthref is generated on first use)."""
-    datamodule = instantiate(cfg.data, _recursive_=False)
+    datamodule = instantiate_node(cfg.data, _recursive_=False)
     datamodule.prepare_data()
     datamodule.set_tokenizer(build_tokenizer(**tokenizer_kwargs(cfg)))
     return datamodule
 
 
 def build_net(cfg: DictConfig, vocab_size: int) -> RISModel:
-    net = instantiate(cfg.model, vocab_size=vocab_size, _convert_="all")
+    net = instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")
     if not isinstance(net, RISModel):
         raise RisbenchError(f"model._target_ {cfg.model._target_} is not a risbench.models.base.RISModel")
     return net
@@ -60,10 +60,10 @@ def build_lit(cfg: DictConfig, net: RISModel, datamodule) -> RISLitModule:
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True, validates: bool = True) -> L.Trainer:
     """Trainer with the configured loggers and callbacks; without a validation split (``validates``
     false, e.g. ReferIt trained on trainval) the callbacks that monitor ``val/`` metrics are left out."""
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    loggers = [instantiate_node(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     nodes = [node for node in (cfg.get("callbacks") or {}).values() if node is not None] if with_callbacks else []
-    callbacks = [instantiate(node) for node in nodes if validates or not str(node.get("monitor")).startswith("val/")]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+    callbacks = [instantiate_node(node) for node in nodes if validates or not str(node.get("monitor")).startswith("val/")]
+    trainer = instantiate_node(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                           default_root_dir=str(run_dir()))
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
@@ -118,13 +118,9 @@ def check_checkpoint_matches(ckpt_path: str, module: torch.nn.Module) -> dict:
     return checkpoint
 
 
-def collect_metrics(trainer: L.Trainer, splits) -> dict[str, dict[str, float]]:
-    metrics: dict[str, dict[str, float]] = {}
-    for key, value in trainer.callback_metrics.items():
-        split, _, name = key.partition("/")
-        if split in splits and name:
-            metrics.setdefault(split, {})[name] = float(value)
-    return metrics
+def protocols(cfg: DictConfig) -> dict:
+    """The two evaluation protocols of this run, for results.json."""
+    return {name: OmegaConf.to_container(cfg.eval[name], resolve=True) for name in ("common", "paper")}
 
 
 def git_revision() -> str:
@@ -154,16 +150,21 @@ def write_results(cfg: DictConfig, started: float, **fields) -> Path:
     return path
 
 
-def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
+def print_metrics(metrics: dict[str, dict[str, float]], title: str, cfg: DictConfig,
+                  caption: str | None = None) -> None:
+    """One row per split and protocol: the common one first, then the paper's."""
     from rich.console import Console
     from rich.table import Table
 
     columns = ["oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9", "n"]
-    table = Table(title=title)
+    table = Table(title=title, caption=caption)
     table.add_column("split")
+    table.add_column("protocol")
     for column in columns:
         table.add_column(column, justify="right")
     for split, values in metrics.items():
-        table.add_row(split, *[(f"{values[c]:.0f}" if c == "n" else f"{100 * values[c]:.2f}")
-                               if c in values else "-" for c in columns])
+        for name, prefix in (("common", ""), ("paper", "paper/")):
+            cells = [(f"{values[prefix + c]:.0f}" if c == "n" else f"{100 * values[prefix + c]:.2f}")
+                     if prefix + c in values else "-" for c in columns]
+            table.add_row(split if not prefix else "", f"{name}: {cfg.eval[name].name}", *cells)
     Console().print(table)

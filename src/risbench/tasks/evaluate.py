@@ -8,9 +8,8 @@ import lightning as L
 from omegaconf import DictConfig
 
 from risbench.profiling import count_params
-from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer,
-                                   check_checkpoint_matches, collect_metrics, log, print_metrics,
-                                   resolve_ckpt_path, write_results)
+from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, check_checkpoint_matches,
+                                   log, print_metrics, protocols, resolve_ckpt_path, write_results)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -23,11 +22,11 @@ def evaluate(cfg: DictConfig) -> dict:
     lit.load_state_dict(check_checkpoint_matches(ckpt_path, lit)["state_dict"])
     trainer = build_trainer(cfg, with_callbacks=False)
     trainer.test(lit, datamodule=datamodule, verbose=False)
-    metrics = collect_metrics(trainer, datamodule.test_split_names)
+    metrics = lit.results
     if trainer.is_global_zero:
-        print_metrics(metrics, f"{cfg.name}: eval")
+        print_metrics(metrics, f"{cfg.name}: eval", cfg)
         log.info("evaluated %s", ckpt_path)
-        path = write_results(cfg, started, metrics=metrics, params=count_params(net), checkpoint=ckpt_path,
-                             data_stats=getattr(datamodule, "stats", {}))
+        path = write_results(cfg, started, metrics=metrics, protocols=protocols(cfg), params=count_params(net),
+                             checkpoint=ckpt_path, data_stats=getattr(datamodule, "stats", {}))
         log.info("results written to %s", path)
     return metrics

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig
 
 from risbench.errors import RisbenchError
 from risbench.profiling import count_params
-from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, collect_metrics,
-                                   log, print_metrics, resolve_ckpt_path, write_results)
+from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, log,
+                                   print_metrics, protocols, resolve_ckpt_path, run_dir, write_results)
 
 
 def selected_checkpoint(trainer: L.Trainer, select: str) -> str | None:
-    """The best (monitored) or the last (unmonitored) checkpoint this fit wrote."""
+    """The best (monitored) or the last (unmonitored) checkpoint this fit wrote, in this run's own folder."""
     if select not in ("best", "last"):
         raise RisbenchError(f"eval.ckpt_select must be 'best' or 'last', got {select!r}")
     paths = {"best" if callback.monitor else "last": callback.best_model_path
              for callback in trainer.checkpoint_callbacks if callback.best_model_path}
-    return paths.get(select) or paths.get("last")
+    path = paths.get(select) or paths.get("last")
+    if path is not None and run_dir().resolve() not in Path(path).resolve().parents:  # RunCheckpoint's promise
+        raise RisbenchError(f"the checkpoint to test, {path}, is not in this run's folder {run_dir()}")
+    return path
+
+
+def schedule_progress(trainer: L.Trainer) -> dict:
+    """How much of the configured schedule the fit ran: the time guard (trainer.max_time) may cut it."""
+    planned = int(trainer.estimated_stepping_batches)
+    done = int(trainer.global_step)
+    return {"stopped_early": done < planned, "steps": done, "planned_steps": planned,
+            "schedule_fraction": round(done / planned, 4) if planned else 1.0}
 
 
 def train(cfg: DictConfig) -> dict:
@@ -28,20 +40,28 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     net = build_net(cfg, datamodule.tokenizer.vocab_size)
     resume_from = resolve_ckpt_path(cfg, required=False)
-    if resume_from is None and hasattr(net, "load_pretrained"):
+    if resume_from is None:
         net.load_pretrained()
     lit = build_lit(cfg, net, datamodule)
     trainer = build_trainer(cfg, validates=bool(datamodule.val_split))
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
+    progress = schedule_progress(trainer)
+    if progress["stopped_early"] and not trainer.fast_dev_run:
+        log.warning("the time guard (trainer.max_time=%s) stopped training after %d of %d steps (%.0f%% of the "
+                    "schedule): the metrics below are of an unfinished model", cfg.trainer.max_time,
+                    progress["steps"], progress["planned_steps"], 100 * progress["schedule_fraction"])
 
     test_ckpt = None if trainer.fast_dev_run else selected_checkpoint(trainer, cfg.eval.ckpt_select)
-    trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=False, verbose=False)
-    metrics = collect_metrics(trainer, [split for split in [datamodule.val_split, *datamodule.test_split_names]
-                                        if split])
+    trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)
+    metrics = lit.results
     if trainer.is_global_zero:
-        print_metrics(metrics, f"{cfg.name}: test ({cfg.eval.ckpt_select} checkpoint)")
-        path = write_results(cfg, started, metrics=metrics, params=count_params(net),
-                             checkpoint=test_ckpt, resumed_from=resume_from,
+        caption = None
+        if progress["stopped_early"] and not trainer.fast_dev_run:
+            caption = (f"STOPPED EARLY by the time guard: {progress['steps']} of {progress['planned_steps']} steps "
+                       f"({100 * progress['schedule_fraction']:.0f}% of the schedule)")
+        print_metrics(metrics, f"{cfg.name}: test ({cfg.eval.ckpt_select} checkpoint)", cfg, caption)
+        path = write_results(cfg, started, metrics=metrics, protocols=protocols(cfg), params=count_params(net),
+                             checkpoint=test_ckpt, resumed_from=resume_from, **progress,
                              data_stats=getattr(datamodule, "stats", {}))
         log.info("results written to %s", path)
     return metrics

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from risbench.errors import MissingFileError, RisbenchError
-from risbench.models.common.swin import SwinTower
+from risbench.models.common.vision.swin import SwinTower
 
 TINY = dict(img_size=64, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4,
             drop_path_rate=0.0)

@@ -7,7 +7,8 @@ import torch
 from transformers import BertConfig, BertForPreTraining, BertModel
 
 from risbench.errors import MissingFileError, RisbenchError
-from risbench.models.common.text import BertTextEncoder
+from risbench.models.common.text import masked_mean
+from risbench.models.common.text.bert import BertTextEncoder
 
 SMALL = dict(num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, max_positions=32)
 VOCAB = 60
@@ -21,12 +22,12 @@ def tokens_and_mask(batch: int = 2, length: int = 7) -> tuple[torch.Tensor, torc
     return tokens * mask, mask
 
 
-def test_forward_returns_last_hidden_state_and_mask():
+def test_forward_returns_last_hidden_state_and_its_masked_mean():
     enc = BertTextEncoder(VOCAB, pretrained=False, **SMALL).eval()
     tokens, mask = tokens_and_mask()
-    hidden, out_mask = enc(tokens, mask)
-    assert hidden.shape == (2, 7, 32) and enc.hidden_size == 32
-    assert torch.equal(out_mask, mask)
+    hidden, sentence = enc(tokens, mask)
+    assert hidden.shape == (2, 7, 32) and enc.out_dim == 32
+    assert torch.allclose(sentence[1], hidden[1, :4].mean(0)) and torch.equal(sentence, masked_mean(hidden, mask))
     assert torch.allclose(hidden, enc.bert(input_ids=tokens, attention_mask=mask).last_hidden_state)
 
 

@@ -1,4 +1,4 @@
-"""Multi-head attention and the pre-LN transformer block shared by the papers' own modules.
+"""Multi-head attention, transformer blocks and position tables shared by the papers' own modules.
 
 Hot path: `F.scaled_dot_product_attention` (fused kernels on GPU and CPU). Every attention module here
 (and timm's) carries a ``fused_attn`` flag; `explicit_attention(model)` turns it off so the attention
@@ -12,8 +12,16 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
+
+
+def init_linear(module: nn.Module) -> None:
+    """timm's ViT init for ``module.apply``: trunc_normal(0.02) Linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class Attention(nn.Module):
@@ -98,6 +106,26 @@ class Block(nn.Module):
         return self.norm2(x + self.drop_path(self.mlp(x)))
 
 
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN ``x + CrossAttn(LN(x), context)``, ``x + MLP(LN(x))`` (optionally self-attention first)."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, mlp_dim: int | None = None,
+                 self_attention: bool = False):
+        super().__init__()
+        self.self_attn = Block(dim, num_heads, mlp_dim=mlp_dim) if self_attention else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, context_dim=context_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim or 4 * dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                context_padding: torch.Tensor | None = None) -> torch.Tensor:
+        if self.self_attn is not None:
+            x = self.self_attn(x)
+        x = x + self.attn(self.norm1(x), context, key_padding_mask=context_padding)
+        return x + self.mlp(self.norm2(x))
+
+
 @contextlib.contextmanager
 def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
     """Run every attention module of ``model`` (ours, timm's, transformers') on explicit matmuls.
@@ -132,3 +160,10 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * div)
     table[:, 1::2] = torch.cos(position * div[: dim // 2])
     return table
+
+
+def grid_positions(h: int, w: int, dim: int) -> torch.Tensor:
+    """2-D sine/cosine positions (h*w, dim): half the channels encode the row, half the column."""
+    rows = sinusoidal_positions(h, dim // 2)[:, None].expand(h, w, dim // 2)
+    cols = sinusoidal_positions(w, dim // 2)[None].expand(h, w, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(h * w, dim)

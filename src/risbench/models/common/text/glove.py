@@ -1,4 +1,4 @@
-"""Word-embedding tables initialised from pretrained word vectors (GloVe) read from local files.
+"""GloVe word tables read from local files, and ReSTR's word-level text encoder (`GloveTransformer`).
 
 Two file forms, both mapped onto the tokenizer's vocabulary (row ``i`` = token id ``i``):
 
@@ -18,19 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from risbench.data.tokenizers import read_vocab
 from risbench.errors import MissingFileError, RisbenchError
+from risbench.models.common.attention import Block, init_linear, sinusoidal_positions
+from risbench.models.common.text import TextEncoder, masked_mean
 
 GLOVE_HINT = ("download glove.840B.300d.zip from https://nlp.stanford.edu/projects/glove/, unzip it and point "
               "the config at the .txt file (or at a saved .npy matrix), or set the path to null for a "
               "randomly initialised table")
-
-
-def read_vocab(path: str | Path) -> list[str]:
-    """Words in id order from a vocabulary file, one word per line (the ``glove`` tokenizer's format)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFileError("word vocabulary file", path, "the tokenizer's words.txt (one word per line)")
-    return path.read_text(encoding="utf-8").splitlines()
 
 
 def _read_glove_text(path: Path, words: list[str], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +67,7 @@ def load_word_vectors(path: str | Path, words: list[str], dim: int,
                     f"word vectors at {path} have {matrix.shape[0]} rows but the tokenizer has {len(words)} "
                     "words.\n  how to fix: also give the matrix's own word list (model.text.glove_vocab_path)")
             return torch.from_numpy(matrix), torch.ones(len(words), dtype=torch.bool)
-        rows = {w: i for i, w in enumerate(read_vocab(vectors_vocab))}
+        rows = {w: i for i, w in enumerate(read_vocab(vectors_vocab, require_specials=False))}
         vectors = np.zeros((len(words), dim), dtype=np.float32)
         found = np.array([w in rows for w in words])
         for i, word in enumerate(words):
@@ -98,3 +93,43 @@ def init_from_word_vectors(embedding: nn.Embedding, path: str | Path, vocab_path
         weight[embedding.padding_idx] = 0
     embedding.weight.copy_(weight)
     return found.float().mean().item()
+
+
+class GloveTransformer(TextEncoder):
+    """Word table (GloVe-initialised by `load_pretrained`) + fixed sinusoidal positions -> Blocks -> LN.
+
+    ReSTR's language encoder: (B, T) ids -> (B, T, dim). ``pad_mode``: ``zero`` = padded slots are not
+    masked as keys (ReSTR's code zeroes them only after the fusion projection); ``mask`` = key masks.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, depth: int, num_heads: int, mlp_dim: int, norm_first: bool,
+                 max_length: int, pad_mode: str, glove_path: str | None = None, glove_vocab_path: str | None = None,
+                 vocab_path: str | None = None, oov_std: float = 0.1):
+        super().__init__()
+        if pad_mode not in ("zero", "mask"):
+            raise RisbenchError(f"model.text.pad_mode={pad_mode!r} is not one of ['mask', 'zero']")
+        self.out_dim, self.pad_mode = dim, pad_mode
+        self.glove_path, self.glove_vocab_path, self.vocab_path, self.oov_std = (glove_path, glove_vocab_path,
+                                                                                 vocab_path, oov_std)
+        self.pretrained = bool(glove_path)
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)  # <pad> = 0, a zero row
+        self.register_buffer("pos", sinusoidal_positions(max_length, dim), persistent=False)
+        self.blocks = nn.ModuleList(
+            [Block(dim, num_heads, mlp_dim=mlp_dim, norm_first=norm_first) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks.apply(init_linear)
+
+    def load_pretrained(self) -> None:
+        if not self.vocab_path:
+            raise RisbenchError("model.text.glove_path needs model.text.vocab_path (the tokenizer vocabulary)")
+        init_from_word_vectors(self.embed, self.glove_path, self.vocab_path, self.glove_vocab_path, self.oov_std)
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tokens.shape[1] > self.pos.shape[0]:
+            raise RisbenchError(f"{tokens.shape[1]} tokens exceed model.text.max_length={self.pos.shape[0]}")
+        key_padding_mask = attention_mask == 0 if self.pad_mode == "mask" else None
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]].to(self.embed.weight.dtype)  # PE on every slot
+        for block in self.blocks:
+            x = block(x, key_padding_mask=key_padding_mask)
+        words = self.norm(x)
+        return words, masked_mean(words, attention_mask)

@@ -1,4 +1,4 @@
-"""BERT text encoder shared by the papers that read BERT word features (LAVT, SADLR, their bases).
+"""BERT text encoder shared by the papers that read BERT word features (LAVT, SADLR and its bases, LGFormer).
 
 The architecture comes from config keys (``num_layers``, ``hidden_size``, ...) so a model can be built
 without any file (tests, ``mode=profile``, ``scale=tiny``); `BertTextEncoder.load_pretrained` then copies
@@ -20,14 +20,15 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from risbench.errors import MissingFileError, RisbenchError
+from risbench.models.common.text import TextEncoder, masked_mean
 
 BERT_HINT = ("put a Hugging Face BERT directory there (config.json, model.safetensors or pytorch_model.bin), "
              "e.g. `BertModel.from_pretrained('bert-base-uncased').save_pretrained(<dir>)` on a machine with "
              "network access, or set model.text.pretrained=false")
 
 
-class BertTextEncoder(nn.Module):
-    """``(tokens, attention_mask) -> (last_hidden_state (B,T,hidden), attention_mask)``.
+class BertTextEncoder(TextEncoder):
+    """``(tokens, attention_mask) -> (last_hidden_state (B,T,hidden), masked mean of it (B,hidden))``.
 
     ``trainable``: ``all``; ``none``; ``lavt`` = LAVT's optimizer, which only holds encoder layers 0-9 of
     12: the embeddings and the last two layers stay at their pretrained values (they still run).
@@ -44,7 +45,7 @@ class BertTextEncoder(nn.Module):
             raise ValueError(f"model.text.trainable must be lavt|all|none, got {trainable!r}")
         self.pretrained = pretrained
         self.pretrained_path = pretrained_path
-        self.hidden_size = hidden_size
+        self.out_dim = hidden_size
         config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                             num_attention_heads=num_heads, intermediate_size=intermediate_size or 4 * hidden_size,
                             max_position_embeddings=max_positions, hidden_dropout_prob=dropout,
@@ -82,4 +83,4 @@ class BertTextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.bert(input_ids=tokens, attention_mask=attention_mask).last_hidden_state  # (B, T, hidden)
-        return hidden, attention_mask
+        return hidden, masked_mean(hidden, attention_mask)

@@ -1,0 +1,1 @@
+"""Vision towers built on timm: Swin (LAVT, SADLR, LGFormer, M3Dec-Swin) and ViT (ReSTR)."""

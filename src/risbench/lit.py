@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import numpy as np
+import pycocotools.mask as mask_utils
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +16,16 @@ from risbench.evaluation import Protocol
 from risbench.metrics import ReferringSegmentationMetrics
 from risbench.models.base import RISModel
 from risbench.optim import build_param_groups
+
+
+def prediction_records(preds: Sequence[torch.Tensor], batch: dict) -> list[dict]:
+    """One record per expression: its ids and the binary mask at the original size as COCO RLE."""
+    records = []
+    for pred, ref_id, sent_id, image_id in zip(preds, batch["ref_id"], batch["sent_id"], batch["image_id"]):
+        rle = mask_utils.encode(np.asfortranarray(pred.cpu().numpy().astype(np.uint8)))
+        records.append({"ref_id": int(ref_id), "sent_id": int(sent_id), "image_id": int(image_id),
+                        "size": list(rle["size"]), "counts": rle["counts"].decode("ascii")})
+    return records
 
 
 class RISLitModule(L.LightningModule):
@@ -39,6 +50,8 @@ class RISLitModule(L.LightningModule):
         self.val_split = val_split
         self.test_splits = list(test_splits)
         self.results: dict[str, dict[str, float]] = {}  # split -> metric -> value of the last evaluation
+        # eval.save_predictions: split -> per-expression common-protocol masks (RLE) of the test pass
+        self.predictions: dict[str, list[dict]] = {}
         self.protocols = {name: Protocol.from_config(self.eval_cfg[name], f"eval.{name}") for name in self.PROTOCOLS}
         shared = dict(prec_thresholds=list(self.eval_cfg.prec_thresholds),
                       length_buckets=OmegaConf.to_object(self.eval_cfg).get("length_buckets"))
@@ -63,13 +76,22 @@ class RISLitModule(L.LightningModule):
                  batch_size=batch_size, sync_dist=True)
         return losses["loss"]
 
-    def _eval_step(self, batch: dict | None, split: str) -> None:
+    def on_train_epoch_start(self) -> None:
+        # Lightning hands samplers its epoch-progress counter, which runs one ahead of current_epoch after
+        # resuming a step-based (trainer.max_steps) schedule; the training order follows current_epoch
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.current_epoch)
+
+    def _eval_step(self, batch: dict | None, split: str, record: bool = False) -> None:
         if batch is None:
             return
         logits = self.net.mask_logits(self.net(batch)).float()  # (B,1,h,w), one forward for both protocols
         for name, protocol in self.protocols.items():
             preds, targets = protocol.scored_masks(logits, batch)
             self.metrics[f"{name}/{split}"].update(preds, targets, batch["num_words"])
+            if record and name == "common":
+                self.predictions.setdefault(split, []).extend(prediction_records(preds, batch))
 
     def _eval_epoch_end(self, splits: Sequence[str]) -> None:
         for split in splits:
@@ -90,7 +112,7 @@ class RISLitModule(L.LightningModule):
         self._eval_epoch_end([self.val_split])
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, self.test_splits[dataloader_idx])
+        self._eval_step(batch, self.test_splits[dataloader_idx], record=bool(self.eval_cfg.save_predictions))
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end(self.test_splits)

@@ -150,6 +150,25 @@ def write_results(cfg: DictConfig, started: float, **fields) -> Path:
     return path
 
 
+def write_predictions(lit: RISLitModule) -> list[str]:
+    """``predictions/<split>.json`` of a test pass with ``eval.save_predictions`` (gathered over ranks)."""
+    records = lit.predictions
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, records)
+        records = {split: [r for part in gathered for r in part.get(split, [])] for split in records}
+        if torch.distributed.get_rank() != 0:
+            return []
+    if not records:
+        return []
+    folder = run_dir() / "predictions"
+    folder.mkdir(exist_ok=False)
+    for split, rows in records.items():
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    return [f"predictions/{split}.json" for split in records]
+
+
 def print_metrics(metrics: dict[str, dict[str, float]], title: str, cfg: DictConfig,
                   caption: str | None = None) -> None:
     """One row per split and protocol: the common one first, then the paper's."""

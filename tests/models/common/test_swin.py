@@ -7,7 +7,6 @@ import re
 
 import pytest
 import torch
-
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from risbench.errors import MissingFileError, RisbenchError

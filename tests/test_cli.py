@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ground_truth_masks, independent_metrics, run_cli
+from risbench.profiling import count_macs, count_params
+from risbench.tasks.profile import dummy_batch
+from tests.helpers import build_model, ground_truth_masks, independent_metrics, run_cli
 
 SMALL_DATA = ["data.synthref.train_images=40", "data.synthref.val_images=10", "data.synthref.testA_images=10",
               "data.synthref.testB_images=10", "data.num_workers=0"]
@@ -174,7 +176,10 @@ def test_profile_needs_no_data(tmp_path):
     cli(tmp_path, no_data, "mode=profile", "tokenizer.vocab_size=64")
     assert not no_data.exists()
     report = json.loads((run_dirs(tmp_path)[0] / "profile.json").read_text())
-    assert report["macs"] > 0 and report["params"]["total"] > 0
+    # the same numbers as counting the default model built here
+    net = build_model("sadlr", 64, ["scale=tiny"])
+    batch = dummy_batch(1, 64, 20, 64)
+    assert report["params"] == count_params(net) and report["macs"] == count_macs(net, batch)[0]
     assert sum(row["params"] for row in report["by_module"].values()) == report["params"]["total"]
     assert sum(row["gmacs"] for row in report["by_module"].values()) == pytest.approx(report["gmacs"])
 

@@ -46,12 +46,12 @@ def build_model(model: str, vocab_size: int, overrides: list[str] | tuple = (), 
     with the nested dicts ``nodes`` merged into its ``model:`` node (e.g. ``vision={"pretrained": False}``)."""
     from omegaconf import OmegaConf
 
-    from risbench.config import instantiate_node
+    from risbench.tasks.common import build_net
 
     cfg = compose_config([f"model={model}", "scale=paper", *overrides])
     OmegaConf.set_struct(cfg, False)  # the merged nodes may add keys (e.g. explicit ViT dims)
     cfg = OmegaConf.merge(cfg, {"model": nodes})
-    return instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")
+    return build_net(cfg, vocab_size)
 
 
 def ground_truth_masks(ann_dir: Path, split_by: str = "unc") -> dict[int, "np.ndarray"]:

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from risbench.data.tokenizers import build_tokenizer
 from risbench.lit import RISLitModule
-from risbench.tasks.common import tokenizer_kwargs
+from risbench.tasks.common import build_net, tokenizer_kwargs
 from tests.helpers import compose_config, ground_truth_masks, independent_metrics
 
 MODELS = [
@@ -32,7 +32,7 @@ def build(overrides: list[str], data_dir, root) -> tuple:
     datamodule.prepare_data()
     tokenizer = build_tokenizer(**tokenizer_kwargs(cfg))
     datamodule.set_tokenizer(tokenizer)
-    net = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all")
+    net = build_net(cfg, tokenizer.vocab_size)
     lit = RISLitModule(net, cfg.optim, cfg.eval, datamodule.val_split, datamodule.test_split_names)
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False, default_root_dir=root)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import random
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -63,12 +65,20 @@ class RISLitModule(L.LightningModule):
 
     # ---- steps ---------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:
-        return self.net(batch)
+        """``net(batch)``; with ``model.compile=true`` a model that fails to compile runs eagerly instead."""
+        try:
+            return self.net(batch)
+        except Exception as error:  # noqa: BLE001 - any compiler failure; an eager failure is re-raised below
+            if getattr(self.net, "_compiled_call_impl", None) is None:
+                raise
+            warnings.warn(f"model.compile: compilation failed ({type(error).__name__}: {error}); running eagerly")
+            self.net._compiled_call_impl = None
+            return self.net(batch)
 
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every sample of the batch was an unreadable image (data.skip_corrupt=true)
             return None
-        losses = self.net.loss(self.net(batch), batch)
+        losses = self.net.loss(self(batch), batch)
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()},
                       on_step=True, on_epoch=False, prog_bar=False, batch_size=batch_size)
@@ -86,7 +96,7 @@ class RISLitModule(L.LightningModule):
     def _eval_step(self, batch: dict | None, split: str, record: bool = False) -> None:
         if batch is None:
             return
-        logits = self.net.mask_logits(self.net(batch)).float()  # (B,1,h,w), one forward for both protocols
+        logits = self.net.mask_logits(self(batch)).float()  # (B,1,h,w), one forward for both protocols
         for name, protocol in self.protocols.items():
             preds, targets = protocol.scored_masks(logits, batch)
             self.metrics[f"{name}/{split}"].update(preds, targets, batch["num_words"])
@@ -124,7 +134,10 @@ class RISLitModule(L.LightningModule):
         groups = build_param_groups(self.net, base_lr=base["lr"], weight_decay=base.get("weight_decay", 0.0),
                                     param_groups=self.optim_cfg.get("param_groups") or [],
                                     no_decay=self.optim_cfg.get("no_decay") or {})
-        optimizer = optimizer_factory(groups)
+        fused = {}
+        if self.device.type == "cuda" and "fused" in inspect.signature(optimizer_factory.func).parameters:
+            fused = {"fused": base.get("fused", True)}  # one kernel per step for Adam(W) on a GPU
+        optimizer = optimizer_factory(groups, **fused)
         if self.optim_cfg.get("scheduler") is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 
 from risbench.config import CONF_DIR, check_scale
 from risbench.errors import RisbenchError
+from risbench.tasks.common import build_net
 from tests.helpers import compose_config, run_cli, sweep_jobs
 
 EXPERIMENTS = sorted(str(path.relative_to(CONF_DIR / "experiment").with_suffix(""))
@@ -69,7 +69,7 @@ def test_every_sweep_job_builds_its_model_at_tiny_scale(experiment):
             key, value = override.lstrip("+").split("=", 1)
             if key != "data" and "/" not in key:
                 assert str(cfg_select(cfg, key)) == value, (experiment, override)
-        net = instantiate(cfg.model, vocab_size=64, _convert_="all")
+        net = build_net(cfg, 64)
         assert sum(p.numel() for p in net.parameters()) < 20_000_000, "tiny scale should be CPU-sized"
 
 

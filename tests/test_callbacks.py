@@ -30,7 +30,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def data_args(data_dir: Path) -> list[str]:
-    return [f"paths.data_dir={data_dir}", *[f"data.synthref.{k}={v}" for k, v in SYNTHREF.items()], "data.num_workers=0"]
+    synthref = [f"data.synthref.{key}={value}" for key, value in SYNTHREF.items()]
+    return [f"paths.data_dir={data_dir}", *synthref, "data.num_workers=0"]
 
 
 def train(tmp_path: Path, data_dir: Path, *args: str):

@@ -128,7 +128,8 @@ def test_restr_tables_row_files_datasets_buckets_and_counts(tmp_path):
     profile = {"params": {"total": 130_000_000}, "params_excluding": {"total": 122_000_000}, "gmacs": 52.5,
                "by_module": {"fusion": {"params": 28_000_000, "gmacs": 15.9}, "vision": {"params": 1, "gmacs": 30.0}}}
     write_job(root / "t5" / "0", "ablation/restr_table5", ["+row/restr_table5=cme"], mode="profile", profile=profile)
-    write_job(root / "t3b" / "0", "ablation/restr_table3b", ["+row/restr_table3b=cme"], {"val": split_metrics(0.4, 0.4)})
+    write_job(root / "t3b" / "0", "ablation/restr_table3b", ["+row/restr_table3b=cme"],
+              {"val": split_metrics(0.4, 0.4)})
     write_job(root / "t3b" / "1", "ablation/restr_table3b", ["+row/restr_table3b=cme", "mode=profile"],
               mode="profile", profile=profile)
     report = build_report([root])
@@ -232,3 +233,19 @@ def test_a_malformed_paper_file_is_one_message_naming_the_table(tmp_path):
     write_job(tmp_path / "runs" / "0", "x", [], {"val": split_metrics(0.1, 0.1)})
     with pytest.raises(RisbenchError, match=r"paper_results.yaml: tables.table1.rows must be a list"):
         build_report([tmp_path / "runs"], experiments_dir=tmp_path / "experiments")
+
+
+def test_a_dataset_the_paper_does_not_report_gets_its_own_columns(tmp_path):
+    """SADLR Table 1 swept at data=synthref: the paper has no synthref column, so ours stand alone."""
+    write_job(tmp_path / "runs" / "0", "ablation/sadlr_table1", ["data=synthref", "scale=tiny"],
+              {s: split_metrics(0.3, 0.35) for s in ("val", "testA", "testB")})
+    report = build_report([tmp_path / "runs"])
+    for table in ("sadlr_table1", "sadlr_table2"):  # the same jobs fill both tables (oIoU, mIoU)
+        sadlr = csv_rows(report.folder / f"{table}.csv")["SADLR"]
+        metric, value = ("oIoU", 31.0) if table == "sadlr_table1" else ("mIoU", 36.0)
+        assert float(sadlr[f"synthref testB {metric} ours paper-protocol"]) == pytest.approx(value)
+        assert sadlr[f"synthref testB {metric} paper"] == "" and sadlr[f"synthref testB {metric} diff"] == ""
+        assert sadlr[f"refcoco val {metric} ours paper-protocol"] == ""
+        text = (report.folder / f"{table}.md").read_text()
+        assert "- SADLR on refcoco\n" in text and "- SADLR on refcocog_google" in text
+        assert "Datasets the paper does not report (synthref)" in text

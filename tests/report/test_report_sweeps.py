@@ -44,7 +44,8 @@ def test_every_job_of_the_sweep_has_its_row_and_every_row_its_job(table):
     expected = set()
     for row in table.rows:
         if row.reproducible:
-            datasets = {c.dataset for c in table.columns if c.name in row.paper} if table.kind == "per_dataset" else {None}
+            per_dataset = table.kind == "per_dataset"
+            datasets = {c.dataset for c in table.columns if c.name in row.paper} if per_dataset else {None}
             expected |= {(row.label, dataset) for dataset in datasets}
     assert hit == expected
 

@@ -119,7 +119,10 @@ def evenly_spaced(count: int, total: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, total - 1, min(count, total))})
 
 
-def worst_and_best(scores: Sequence[tuple[int, float]], k: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+Scores = list[tuple[int, float]]  # (sent_id, IoU) per expression
+
+
+def worst_and_best(scores: Sequence[tuple[int, float]], k: int) -> tuple[Scores, Scores]:
     """The ``k`` lowest- and highest-IoU expressions of (sent_id, IoU) pairs, ties broken by sent_id."""
     ranked = sorted(scores, key=lambda pair: (pair[1], pair[0]))
     return ranked[:k], sorted(scores, key=lambda pair: (-pair[1], pair[0]))[:k]

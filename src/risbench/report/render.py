@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,11 +84,11 @@ def comparison_section(comparison: Comparison, paper_title: str, plot: Path | No
     table = comparison.table
     protocols = sorted({job.protocol for job in comparison.jobs}) or ["the paper's"]
     where = f" on {table.dataset}" if table.dataset else ""
-    intro = [f"{table.caption}" if table.caption else "",
+    intro = [table.caption,
              f"Paper: {paper_title}. Sweep: `python -m risbench -m experiment={table.experiments[0]}`"
              + (f"; counts: `experiment={table.profile_experiments[0]}`" if table.profile_experiments else "")
              + f". Paper numbers{where} in percent.",
-             f"Columns per metric: `{'paper'}` = the paper's number; `ours paper-protocol` = risbench under the "
+             "Columns per metric: `paper` = the paper's number; `ours paper-protocol` = risbench under the "
              f"paper's evaluation protocol (`eval.paper`: {', '.join(protocols)}); `ours common-protocol` = "
              "under the common risbench protocol (`eval.common`); `diff` = ours (paper protocol) minus the paper, "
              "in points. Several jobs on one row are averaged."]
@@ -117,8 +118,6 @@ img{max-width:100%}code{background:#f5f5f5}"""
 
 def _inline_markdown(text: str) -> str:
     """The few Markdown marks the report's paragraphs use, as HTML."""
-    import re
-
     text = html.escape(text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)

@@ -62,8 +62,11 @@ class Job:
 
     @property
     def dataset(self) -> str | None:
+        """The ``data=`` choice (conf/data/<name>.yaml), or the data node's dataset without hydra.yaml."""
         value = self.value("data")
-        return None if value is MISSING else str(value)
+        if isinstance(value, dict):
+            value = value.get("dataset", MISSING)
+        return None if value is MISSING or value is None else str(value)
 
     @property
     def scale(self) -> str | None:

@@ -23,7 +23,8 @@ def export(sections: list[Section], groups: dict[str, str], folder: Path, settin
     """
     import wandb
 
-    offline = bool(settings.get("offline")) or os.environ.get("WANDB_MODE") == "offline" or not wandb_api_key_available()
+    offline = (bool(settings.get("offline")) or os.environ.get("WANDB_MODE") == "offline"
+               or not wandb_api_key_available())
     os.environ.setdefault("WANDB_SILENT", "true")
     by_group: dict[str, list[Section]] = defaultdict(list)
     for section in sections:
@@ -34,8 +35,8 @@ def export(sections: list[Section], groups: dict[str, str], folder: Path, settin
                          job_type="report", name=f"report {group}", dir=str(folder),
                          mode="offline" if offline else "online", config={"tables": [s.name for s in members]})
         for section in members:
-            table = wandb.Table(columns=section.headers, data=[[_cell(v) for v in record] for record in section.records],
-                                allow_mixed_types=True)
+            rows = [[_cell(v) for v in record] for record in section.records]
+            table = wandb.Table(columns=section.headers, data=rows, allow_mixed_types=True)
             logged = {f"report/{section.name}": table}
             if section.plot is not None:
                 logged[f"report/{section.name}_plot"] = wandb.Image(str(section.plot), caption=section.title)

@@ -49,8 +49,9 @@ class ValidationOverlays(Callback):
         from risbench.report.overlays import evenly_spaced, render_samples
 
         indices = evenly_spaced(self.num_samples, len(loader.dataset))
-        pictures = render_samples(pl_module.net, loader.dataset, loader.collate_fn, indices,
-                                  pl_module.protocols[self.protocol], pl_module.device)
+        with trainer.precision_plugin.forward_context():  # as the validation steps run (autocast under bf16)
+            pictures = render_samples(pl_module.net, loader.dataset, loader.collate_fn, indices,
+                                      pl_module.protocols[self.protocol], pl_module.device)
         self.log_pictures(trainer, pictures)
 
     def log_pictures(self, trainer: L.Trainer, pictures: list) -> None:

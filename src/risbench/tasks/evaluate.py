@@ -14,7 +14,7 @@ from risbench.tasks.common import (build_datamodule, build_lit, build_net, build
                                    write_results)
 
 
-def write_overlays(lit, datamodule, k: int) -> list[str]:
+def write_overlays(trainer: L.Trainer, lit, datamodule, k: int) -> list[str]:
     """eval.overlays=K: pictures of the K worst and K best expressions of every test split (rank 0 draws)."""
     from risbench.report.overlays import write_ranked_overlays
 
@@ -26,8 +26,9 @@ def write_overlays(lit, datamodule, k: int) -> list[str]:
         if torch.distributed.get_rank() != 0:
             return []
     loaders = {split: datamodule.split_dataloader(split) for split in scores}
-    return write_ranked_overlays(lit.net, loaders, scores, k, lit.protocols["common"], run_dir() / "overlays",
-                                 lit.device)
+    with trainer.precision_plugin.forward_context():  # as the test steps ran
+        return write_ranked_overlays(lit.net, loaders, scores, k, lit.protocols["common"], run_dir() / "overlays",
+                                     lit.device)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -42,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer.test(lit, datamodule=datamodule, verbose=False)
     metrics = lit.results
     predictions = write_predictions(lit)
-    overlays = write_overlays(lit, datamodule, int(cfg.eval.overlays)) if cfg.eval.get("overlays") else []
+    overlays = write_overlays(trainer, lit, datamodule, int(cfg.eval.overlays)) if cfg.eval.get("overlays") else []
     if trainer.is_global_zero:
         print_metrics(metrics, f"{cfg.name}: eval", cfg)
         log.info("evaluated %s", ckpt_path)

@@ -249,3 +249,27 @@ def test_a_dataset_the_paper_does_not_report_gets_its_own_columns(tmp_path):
         text = (report.folder / f"{table}.md").read_text()
         assert "- SADLR on refcoco\n" in text and "- SADLR on refcocog_google" in text
         assert "Datasets the paper does not report (synthref)" in text
+
+
+def test_length_buckets_may_be_a_list_or_keyed_like_the_metrics(tmp_path):
+    from risbench.report.paper import load_paper
+
+    path = tmp_path / "paper_results.yaml"
+    path.write_text("""
+paper: toy
+tables:
+  table3:
+    experiment: ablation/toy_table3
+    split: val
+    buckets: [[1, 2], [3, 3], [4, 20]]
+    rows:
+      - {method: A, ours: true, overrides: {+row/toy_table3: a}, results: {len1-2: 70.0, len3-3: 60.0, len4+: 50.0}}
+      - {method: B, values: [71.0, 61.0, 51.0]}
+""")
+    (table,) = load_paper(path)
+    assert [(c.metric, c.label) for c in table.columns] == [
+        ("len1-2/oIoU", "1-2 words"), ("len3-3/oIoU", "3 words"), ("len4+/oIoU", "4+ words")]
+    a, b = table.rows
+    assert list(a.paper.values()) == [70.0, 60.0, 50.0] and list(b.paper.values()) == [71.0, 61.0, 51.0]
+    assert a.overrides == {"row/toy_table3": "a"} and a.reproducible and not b.reproducible
+    assert table.plot == {"x": "buckets", "label": "expression length"} and not table.extras

@@ -15,7 +15,7 @@ from risbench.data.synthref import ensure_synthref
 from risbench.report.build import EXPERIMENTS_DIR
 from risbench.report.compare import belongs, match_row
 from risbench.report.paper import load_papers
-from risbench.report.runs import Job, parse_overrides
+from risbench.report.runs import MISSING, Job, parse_overrides
 from tests.helpers import REPO, compose_config, run_cli, sweep_jobs
 
 TABLES = [table for table in load_papers(EXPERIMENTS_DIR) if not table.skipped]
@@ -39,7 +39,11 @@ def test_every_job_of_the_sweep_has_its_row_and_every_row_its_job(table):
                 continue  # a job of another sub-table (ReSTR Table 2: one per dataset)
             row, reason = match_row(job, table)
             assert row is not None, f"{overrides}: {reason}"
-            dataset = job.value(table.dataset_key) if table.kind == "per_dataset" else None
+            dataset = None
+            if table.kind == "per_dataset":
+                dataset = job.value(table.dataset_key)
+                assert dataset is not MISSING, (f"{overrides} sets no `{table.dataset_key}`: name the override that "
+                                                "picks a job's dataset with the table's `dataset_key`")
             hit.add((row.label, str(dataset) if dataset is not None else None))
     expected = set()
     for row in table.rows:

@@ -42,6 +42,8 @@ Schema of ``paper_results.yaml`` (what the report reads; unknown keys are kept f
             split: val              # are the metric per bucket (results.json "len1-2/oIoU", "len6+/oIoU")
             buckets: [[1, 2], [3, 3], [4, 5], [6, 20]]
             rows: [{method: ReSTR, ours: true, values: [72.38, 69.46, 61.19, 50.21]}]
+                                    # (or `results: {len1-2: 72.38, len3-3: 69.46, ..., len6+: 50.21}`; a flat
+                                    # table with `buckets` is one such sub-table)
 
 A row is *reproducible* when it has ``overrides``, ``row`` or ``ours``: the report expects a job for it
 and lists it as missing otherwise; other rows (the paper's baselines) are shown with the paper's numbers.
@@ -61,6 +63,7 @@ import yaml
 from risbench.errors import RisbenchError
 
 METRIC = re.compile(r"^(oIoU|mIoU|prec@[0-9.]+)$")
+BUCKET = re.compile(r"^len[0-9]+(-[0-9]+|\+)(/.*)?$")  # a length bucket's number ("len1-2", "len6+/oIoU")
 HEADLINE_ORDER = ("oIoU", "mIoU")
 COMPLEXITY = {"params_m": "params_m", "gmacs": "gmacs", "gflops": "gmacs"}  # paper key -> what we count
 COMPLEXITY_LABELS = {"params_m": "params (M)", "gmacs": "GMACs"}
@@ -174,9 +177,17 @@ def bucket_metric(buckets: list, index: int, metric: str) -> tuple[str, str]:
     return f"len{lo}-{hi}/{metric}", f"{lo}-{hi} words" if lo != hi else f"{lo} word{'s' if lo != 1 else ''}"
 
 
+def _bucket_result(row: dict, key: str):
+    """A bucket's number under `results`, keyed as results.json names it ("len1-2/oIoU") or without the
+    metric ("len1-2")."""
+    results = row.get("results") or {}
+    return results.get(key, results.get(key.split("/")[0]))
+
+
 def _row_numbers(row: dict) -> dict:
     """A row's numbers: `results` (flat tables) and the row's own metric/complexity keys."""
     numbers = dict(row.get("results") or {}) if not _is_grid(row.get("results")) else {}
+    numbers = {key: value for key, value in numbers.items() if not BUCKET.match(str(key))}
     numbers.update({key: value for key, value in row.items()
                     if key not in ROW_KEYS and (METRIC.match(str(key)) or key in COMPLEXITY)})
     return numbers
@@ -226,10 +237,13 @@ def _table(paper: str, table_id: str, node: dict, where: str, inherited: dict | 
         values: dict[str, float] = {}
         row_complexity, row_extras = {}, {}
         if kind == "buckets":
-            for b, value in enumerate(row.get("values") or []):
+            given = row.get("values")
+            for b in range(len(buckets)):
                 key, label = bucket_metric(buckets, b, metric)
                 column = columns.setdefault(key, Column(f"{split} {label} {metric}", split, key, label=label))
-                values[column.name] = float(value)
+                value = given[b] if isinstance(given, list) and b < len(given) else _bucket_result(row, key)
+                if value is not None:
+                    values[column.name] = float(value)
         elif kind == "per_dataset":
             for dataset, splits in (row.get("results") or {}).items():
                 for split_name, value in (splits or {}).items():

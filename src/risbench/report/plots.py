@@ -95,18 +95,21 @@ def _plot_buckets(comparison: Comparison, path: Path) -> Path | None:
     columns = comparison.table.columns
     positions = list(range(len(columns)))
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    reproduced = 0
     for index, result in enumerate(comparison.rows):
         row = result.row
         paper = [row.paper.get(c.name) for c in columns]
-        if row.reproducible:
-            _line(ax, positions, paper, f"{row.label} (paper)", "C0", "-", "o")
-        else:
+        if not row.reproducible:  # the paper's baselines, for context
             _line(ax, positions, paper, f"{row.label} (paper)", f"{0.45 + 0.1 * (index % 4):.2f}", ":", ".")
+            continue
+        colour = f"C{reproduced}"
+        reproduced += 1
+        _line(ax, positions, paper, f"{row.label} (paper)", colour, "-", "o")
         if result.jobs:
             _line(ax, positions, [mean_metric(result.jobs, c, "paper/") for c in columns],
-                  f"risbench {row.label}, paper protocol", "C1", "--", "s")
+                  f"risbench {row.label}, paper protocol", colour, "--", "s")
             _line(ax, positions, [mean_metric(result.jobs, c, "") for c in columns],
-                  f"risbench {row.label}, common protocol", "C2", ":", "^")
+                  f"risbench {row.label}, common protocol", colour, ":", "^")
     ax.set_xticks(positions, [c.label for c in columns])
     ax.set_xlabel("expression length")
     ax.set_ylabel(f"{columns[0].metric.split('/')[-1]} (%), {columns[0].split}")

@@ -30,6 +30,16 @@ def prediction_records(preds: Sequence[torch.Tensor], batch: dict) -> list[dict]
     return records
 
 
+def expression_ious(preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], batch: dict,
+                    empty_union_iou: float) -> list[tuple[int, float]]:
+    """(sent_id, IoU) per expression, to rank them (eval.overlays)."""
+    pairs = []
+    for pred, target, sent_id in zip(preds, targets, batch["sent_id"]):
+        union = int((pred | target).sum())
+        pairs.append((int(sent_id), int((pred & target).sum()) / union if union else float(empty_union_iou)))
+    return pairs
+
+
 class RISLitModule(L.LightningModule):
     """Training/evaluation loop around ``net`` (a `RISModel`).
 
@@ -54,6 +64,8 @@ class RISLitModule(L.LightningModule):
         self.results: dict[str, dict[str, float]] = {}  # split -> metric -> value of the last evaluation
         # eval.save_predictions: split -> per-expression common-protocol masks (RLE) of the test pass
         self.predictions: dict[str, list[dict]] = {}
+        # eval.overlays: split -> (sent_id, common-protocol IoU) of every expression of the test pass
+        self.expression_ious: dict[str, list[tuple[int, float]]] = {}
         self.protocols = {name: Protocol.from_config(self.eval_cfg[name], f"eval.{name}") for name in self.PROTOCOLS}
         shared = dict(prec_thresholds=list(self.eval_cfg.prec_thresholds),
                       length_buckets=OmegaConf.to_object(self.eval_cfg).get("length_buckets"))
@@ -93,7 +105,7 @@ class RISLitModule(L.LightningModule):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.current_epoch)
 
-    def _eval_step(self, batch: dict | None, split: str, record: bool = False) -> None:
+    def _eval_step(self, batch: dict | None, split: str, record: bool = False, score: bool = False) -> None:
         if batch is None:
             return
         logits = self.net.mask_logits(self(batch)).float()  # (B,1,h,w), one forward for both protocols
@@ -102,6 +114,9 @@ class RISLitModule(L.LightningModule):
             self.metrics[f"{name}/{split}"].update(preds, targets, batch["num_words"])
             if record and name == "common":
                 self.predictions.setdefault(split, []).extend(prediction_records(preds, batch))
+            if score and name == "common":
+                self.expression_ious.setdefault(split, []).extend(
+                    expression_ious(preds, targets, batch, protocol.empty_union_iou))
 
     def _eval_epoch_end(self, splits: Sequence[str]) -> None:
         for split in splits:
@@ -122,7 +137,8 @@ class RISLitModule(L.LightningModule):
         self._eval_epoch_end([self.val_split])
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, self.test_splits[dataloader_idx], record=bool(self.eval_cfg.save_predictions))
+        self._eval_step(batch, self.test_splits[dataloader_idx], record=bool(self.eval_cfg.save_predictions),
+                        score=bool(self.eval_cfg.get("overlays")))
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end(self.test_splits)

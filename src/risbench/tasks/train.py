@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from risbench.errors import RisbenchError
 from risbench.profiling import count_params
+from risbench.report.summary import end_of_run_line
 from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, log,
                                    print_metrics, protocols, resolve_ckpt_path, run_dir, write_predictions,
                                    write_results)
@@ -66,4 +67,5 @@ def train(cfg: DictConfig) -> dict:
                              checkpoint=test_ckpt, resumed_from=resume_from, **progress, predictions=predictions,
                              data_stats=getattr(datamodule, "stats", {}))
         log.info("results written to %s", path)
+        print(end_of_run_line(trainer, run_dir()))
     return metrics

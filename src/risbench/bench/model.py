@@ -56,12 +56,12 @@ def _time(fn, repeats: int, device: torch.device) -> float:
 
 def run_variant(variant: str, overrides: list[str], batch_size: int, repeats: int,
                 expressions_per_image: int = 1) -> dict:
-    from hydra.utils import instantiate
+    from risbench.config import instantiate_node
 
     cfg = _config(overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vocab_size = int(cfg.tokenizer.vocab_size or 1000)
-    net = instantiate(cfg.model, vocab_size=vocab_size, _convert_="all").to(device)
+    net = instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all").to(device)
     batch = {key: value.to(device) for key, value in
              dummy_batch(batch_size, int(cfg.data.img_size), int(cfg.tokenizer.max_length), vocab_size).items()}
     reference = variant == "reference"
@@ -114,12 +114,21 @@ def main(argv: list[str]) -> None:
     batch_size, repeats, per_image = (_positive_int(options, key) for key in
                                       ("bench.batch_size", "bench.repeats", "bench.expressions_per_image"))
     if variant:
-        print(json.dumps(run_variant(variant, overrides, batch_size, repeats, per_image)))
+        from risbench.errors import RisbenchError
+
+        try:
+            print(json.dumps(run_variant(variant, overrides, batch_size, repeats, per_image)))
+        except RisbenchError as error:  # a user mistake: one message, exit 2 (the parent passes it on)
+            print(f"risbench error: {error}", file=sys.stderr)
+            sys.exit(2)
         return
     rows = []
     for variant in ("reference", "risbench"):
         child = subprocess.run([sys.executable, "-m", "risbench.bench.model", "--variant", variant, *argv],
                                capture_output=True, text=True)
+        if child.returncode == 2:
+            print(child.stderr[child.stderr.find("risbench error:"):].strip(), file=sys.stderr)
+            sys.exit(2)
         if child.returncode != 0:
             sys.exit(f"bench variant {variant} failed:\n{child.stderr[-3000:]}")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))

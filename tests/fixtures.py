@@ -154,6 +154,10 @@ def write_words(path: Path) -> Path:
     return path
 
 
+# the CLI tests' synthref (64 px, the tiny models' input) as parameters and as command-line overrides
+SMALL_SYNTHREF = {"train_images": 40, "val_images": 10, "testA_images": 10, "testB_images": 10}
+SMALL_DATA = [f"data.synthref.{key}={value}" for key, value in SMALL_SYNTHREF.items()] + ["data.num_workers=0"]
+
 TINY_SYNTHREF = {"image_size": 32, "train_images": 20, "val_images": 6, "testA_images": 6, "testB_images": 6}
 
 

@@ -68,6 +68,10 @@ class Tokenizer:
         """Ids of each text without special tokens and without truncation."""
         raise NotImplementedError
 
+    def vocabulary(self):
+        """What decides the ids (compared to tell two tokenizers apart)."""
+        raise NotImplementedError
+
     def coverage(self, texts: list[str]) -> dict:
         """How well the vocabulary and ``max_length`` fit `texts`: unknown tokens and cut expressions."""
         ids = self.content_ids(list(texts))
@@ -138,6 +142,9 @@ class WordPieceTokenizer(Tokenizer):
     def content_ids(self, texts: list[str]) -> list[list[int]]:
         return self.hf(texts, add_special_tokens=False)["input_ids"] if texts else []
 
+    def vocabulary(self):
+        return sorted(self.hf.get_vocab().items())
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         batch = self.hf(texts, add_special_tokens=False)["input_ids"]
         if not self.add_special_tokens:
@@ -186,6 +193,9 @@ class GloveTokenizer(Tokenizer):
     def content_ids(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def vocabulary(self):
+        return self.words
+
 
 class SentencePieceTokenizer(Tokenizer):
     """BEiT-3's XLM-R style ids over a sentencepiece model."""
@@ -209,6 +219,9 @@ class SentencePieceTokenizer(Tokenizer):
         self.num_special = 2 if add_special_tokens else 0
         self.vocab_size = self.sp.get_piece_size() + 2  # + fairseq offset and <mask>, as XLM-R counts
         self.path, self.options = path, {"lowercase": lowercase, "add_special_tokens": add_special_tokens}
+
+    def vocabulary(self):
+        return self.sp.serialized_model_proto()
 
     def content_ids(self, texts: list[str]) -> list[list[int]]:
         pieces = [self.sp.encode(t.lower() if self.lowercase else t) for t in texts]
@@ -258,14 +271,10 @@ def tokenizer_from_bundle(bundle: dict, folder: str | Path) -> Tokenizer:
     return build_tokenizer(bundle["kind"], path, **bundle.get("options", {}))
 
 
-def same_vocabulary(first: dict, second: dict) -> bool:
-    """Whether two tokenizer bundles give the same ids (same kind, options and vocabulary file)."""
-    def key_file(bundle):
-        files = bundle["files"]
-        return files.get("vocab.txt") if bundle["kind"] == "wordpiece" else files.get(bundle.get("file"))
-
-    return (first["kind"] == second["kind"] and first.get("options") == second.get("options")
-            and key_file(first) == key_file(second))
+def same_vocabulary(first: Tokenizer, second: Tokenizer) -> bool:
+    """Whether two tokenizers give the same ids: same kind, options and vocabulary."""
+    return (first.kind == second.kind and first.bundle()["options"] == second.bundle()["options"]
+            and first.vocabulary() == second.vocabulary())
 
 
 def _read_file(path: Path) -> str | bytes:

@@ -140,7 +140,7 @@ def config_from_checkpoint(cfg: DictConfig, checkpoint: dict) -> tuple[DictConfi
 
 def checkpoint_tokenizer(cfg: DictConfig, bundle: dict | None, path_given: bool):
     """The tokenizer to evaluate with: the checkpoint's own (written to ``<run>/tokenizer_from_checkpoint``),
-    unless there is none or ``tokenizer.path`` was given; a differing configured one is reported."""
+    unless there is none or ``tokenizer.path`` was given; a configured one that differs is reported."""
     configured = None
     try:
         configured = build_tokenizer(**tokenizer_kwargs(cfg))
@@ -149,24 +149,24 @@ def checkpoint_tokenizer(cfg: DictConfig, bundle: dict | None, path_given: bool)
             raise
     if bundle is None:
         return configured
-    if configured is not None and not same_vocabulary(configured.bundle(), bundle):
+    own = tokenizer_from_bundle(bundle, run_dir() / "tokenizer_from_checkpoint")
+    if configured is not None and not same_vocabulary(configured, own):
         which = "the configured one" if path_given else "the checkpoint's own, which the weights were trained with"
         _warn(f"the checkpoint's tokenizer differs from the configured one ({cfg.tokenizer.get('path')}): "
-                       f"{_bundle_difference(bundle, configured.bundle())}; using {which}")
+              f"{_difference(own, configured)}; using {which}")
     if path_given:
         return configured
-    tokenizer = tokenizer_from_bundle(bundle, run_dir() / "tokenizer_from_checkpoint")
     with open_dict(cfg):
-        cfg.tokenizer.path = str(tokenizer.path)
-    return tokenizer
+        cfg.tokenizer.path = str(own.path)
+    return own
 
 
-def _bundle_difference(first: dict, second: dict) -> str:
-    if first["kind"] != second["kind"]:
-        return f"kind {first['kind']} vs {second['kind']}"
-    if first.get("options") != second.get("options"):
-        return f"options {first.get('options')} vs {second.get('options')}"
-    return "another vocabulary"
+def _difference(own, configured) -> str:
+    if own.kind != configured.kind:
+        return f"kind {own.kind} vs {configured.kind}"
+    if own.bundle()["options"] != configured.bundle()["options"]:
+        return f"options {own.bundle()['options']} vs {configured.bundle()['options']}"
+    return f"another vocabulary ({own.vocab_size} vs {configured.vocab_size} entries)"
 
 
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True, validates: bool = True) -> L.Trainer:

@@ -56,6 +56,24 @@ def test_refer_root_reads_the_refer_toolkit_layout(tmp_conf, tmp_path, name, dat
     assert own.data.data_dir == f"{tmp_path}/own/refer/{dataset}"
 
 
+def test_synthref_folder_and_tiny_tokenizer_follow_the_parameters(tmp_path):
+    from risbench.data.synthref import SynthRefParams
+    from tests.helpers import compose_config as compose_project
+
+    default = compose_project(["data=synthref", f"paths.data_dir={tmp_path}"])
+    assert default.data.data_dir == str(tmp_path / "synthref")
+    assert default.tokenizer.path == str(tmp_path / "synthref" / "tokenizer")
+    other = compose_project(["data=synthref", f"paths.data_dir={tmp_path}", "data.synthref.seed=3"])
+    fingerprint = SynthRefParams.from_config({**default.data.synthref, "seed": 3}).fingerprint()
+    assert other.data.data_dir == str(tmp_path / f"synthref-{fingerprint}") == other.paths.synthref_dir
+    assert other.data.image_dir == f"{other.data.data_dir}/images"
+    assert other.tokenizer.path == f"{other.data.data_dir}/tokenizer"
+    restr = compose_project(["model=restr", "data=synthref", f"paths.data_dir={tmp_path}", "data.synthref.seed=3"])
+    assert restr.tokenizer.path == f"{other.data.data_dir}/tokenizer/words.txt"
+    real = compose_project(["data=refcoco", f"paths.data_dir={tmp_path}"])  # a real dataset at tiny scale
+    assert real.tokenizer.path == str(tmp_path / "synthref" / "tokenizer")
+
+
 def test_published_counts_cover_every_split_scheme():
     real = {(d, s): splits for d, schemes in SPLITS.items() if d != "synthref" for s, splits in schemes.items()}
     assert set(PUBLISHED) == set(real)

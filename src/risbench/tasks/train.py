@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from risbench.config import instantiate_node
 from risbench.errors import RisbenchError
 from risbench.profiling import count_params
 from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer,
@@ -36,6 +37,24 @@ def schedule_progress(trainer: L.Trainer) -> dict:
             "schedule_fraction": round(done / planned, 4) if planned else 1.0}
 
 
+def check_optim(cfg: DictConfig) -> None:
+    """Build the optimizer and schedule once on a probe parameter: inside fit a bad ``optim.*`` value would
+    end in a traceback, here it is one message naming the key."""
+    import torch
+
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for key in ("optimizer", "scheduler"):
+        node = cfg.optim.get(key)
+        if node is None:
+            continue
+        factory = instantiate_node(node)
+        try:
+            factory([torch.nn.Parameter(torch.zeros(1))]) if key == "optimizer" else factory(probe, total_steps=10)
+        except (ValueError, TypeError) as error:
+            raise RisbenchError(f"optim.{key} cannot be built: {error}\n  how to fix: check the values under "
+                                f"optim.{key}") from None
+
+
 def train(cfg: DictConfig) -> dict:
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
@@ -45,6 +64,7 @@ def train(cfg: DictConfig) -> dict:
     if resume_from is None:
         net.load_pretrained()
     lit = build_lit(cfg, net, datamodule)
+    check_optim(cfg)
     if resume_from is not None:  # one clear message for a checkpoint of another model, before fit reads it
         check_checkpoint_matches(resume_from, lit)
     coverage = report_text_coverage(datamodule, [datamodule.train_split, datamodule.val_split,

@@ -29,7 +29,7 @@ def refer_layout(kind: str, data_dir: str, refer_root: str | None = None) -> str
     own, refer = REFER_LAYOUTS[kind]
     if refer_root in (None, "", "None", "null"):
         return str(Path(data_dir) / own)
-    return str((Path(refer_root) / refer) if refer != "." else Path(refer_root))
+    return str(Path(refer_root) / refer)
 
 
 def _synthref_dir(data_dir: str, params=None) -> str:

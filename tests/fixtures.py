@@ -2,7 +2,9 @@
 
 `make_refer` writes ``<data_dir>/refer/<dataset>/{instances.json, refs(<split_by>).p}`` and the images
 under the layout the data configs expect (``images/mscoco/train2014`` or ``images/saiapr_tc-12``):
-polygons for the COCO-based datasets, compressed RLE for refclef, optionally a Python-2 style pickle.
+polygons for the COCO-based datasets, RLE for refclef (compressed, and one part as an uncompressed count
+list), optionally a Python-2 style pickle. ``layout="refer"`` writes the refer toolkit's own ``data/``
+folder instead: ``<root>/<dataset>/...`` and ``<root>/images/mscoco/images/train2014/``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
-from risbench.data.synthref import ensure_synthref
+from risbench.data.synthref import ensure_synthref, synthref_dir
 
 # image_id -> (width, height)
 IMAGES = {1: (40, 30), 2: (30, 40), 3: (36, 36)}
@@ -41,8 +43,14 @@ UNC_COUNTS = {"train": (2, 3, 1), "val": (1, 3, 1), "testA": (1, 1, 1), "testB":
 WORDS = ["<pad>", "<unk>", "the", "big", "box", "on", "left", "thing", "triangle", "object", "square"]
 
 
-def image_dir_of(data_dir: Path, dataset: str) -> Path:
-    return Path(data_dir) / "images" / ("saiapr_tc-12" if dataset == "refclef" else "mscoco/train2014")
+def image_dir_of(data_dir: Path, dataset: str, layout: str = "risbench") -> Path:
+    if dataset == "refclef":
+        return Path(data_dir) / "images" / "saiapr_tc-12"
+    return Path(data_dir) / "images" / ("mscoco/train2014" if layout == "risbench" else "mscoco/images/train2014")
+
+
+def ann_dir_of(data_dir: Path, dataset: str, layout: str = "risbench") -> Path:
+    return Path(data_dir) / "refer" / dataset if layout == "risbench" else Path(data_dir) / dataset
 
 
 def file_name(dataset: str, image_id: int) -> str:
@@ -57,22 +65,26 @@ def polygon_masks(ann_id: int) -> list[np.ndarray]:
     return [mask_utils.decode(mask_utils.frPyObjects([p], h, w))[:, :, 0] for p in parts]
 
 
-def make_refer(data_dir: Path, dataset: str = "refcoco", split_by: str = "unc", py2_pickle: bool = False) -> Path:
+def make_refer(data_dir: Path, dataset: str = "refcoco", split_by: str = "unc", py2_pickle: bool = False,
+               layout: str = "risbench") -> Path:
     """Write the tiny dataset; returns its annotation directory."""
     data_dir = Path(data_dir)
-    ann_dir = data_dir / "refer" / dataset
+    ann_dir = ann_dir_of(data_dir, dataset, layout)
     ann_dir.mkdir(parents=True, exist_ok=True)
     images = []
     for image_id, (w, h) in IMAGES.items():
         name = file_name(dataset, image_id)
-        write_image(image_dir_of(data_dir, dataset) / name, (w, h), seed=image_id)
+        write_image(image_dir_of(data_dir, dataset, layout) / name, (w, h), seed=image_id)
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
     annotations = []
     for ann_id, (image_id, parts) in ANNOTATIONS.items():
         if dataset == "refclef":  # RLE parts, counts as JSON strings (as refclef stores them)
             segmentation = []
-            for part in polygon_masks(ann_id):
+            for k, part in enumerate(polygon_masks(ann_id)):
                 rle = mask_utils.encode(np.asfortranarray(part))
+                if k == 1:  # a second part as an uncompressed RLE (a list of run lengths)
+                    segmentation.append({"size": rle["size"], "counts": _run_lengths(part)})
+                    continue
                 segmentation.append({"size": rle["size"], "counts": rle["counts"].decode()})
         else:
             segmentation = [list(map(float, p)) for p in parts]
@@ -98,6 +110,15 @@ def make_refer(data_dir: Path, dataset: str = "refcoco", split_by: str = "unc", 
         with open(path, "wb") as f:
             pickle.dump(refs, f)
     return ann_dir
+
+
+def _run_lengths(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE counts: alternating runs of 0s and 1s in column-major order."""
+    flat = mask.flatten(order="F").astype(np.uint8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] == 1 else runs
 
 
 def write_image(path: Path, size: tuple[int, int], mode: str = "RGB", seed: int = 0, fmt: str | None = None) -> Path:
@@ -133,9 +154,13 @@ def write_words(path: Path) -> Path:
     return path
 
 
+# the CLI tests' synthref (64 px, the tiny models' input) as parameters and as command-line overrides
+SMALL_SYNTHREF = {"train_images": 40, "val_images": 10, "testA_images": 10, "testB_images": 10}
+SMALL_DATA = [f"data.synthref.{key}={value}" for key, value in SMALL_SYNTHREF.items()] + ["data.num_workers=0"]
+
 TINY_SYNTHREF = {"image_size": 32, "train_images": 20, "val_images": 6, "testA_images": 6, "testB_images": 6}
 
 
 def make_tiny_synthref(data_dir: Path) -> Path:
-    """A 38-image synthref at 32 px under data_dir/synthref (about a second)."""
-    return ensure_synthref(Path(data_dir) / "synthref", TINY_SYNTHREF)
+    """A 38-image synthref at 32 px in its folder under data_dir (paths.synthref_dir; about a second)."""
+    return ensure_synthref(synthref_dir(data_dir, TINY_SYNTHREF), TINY_SYNTHREF)

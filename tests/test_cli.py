@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from risbench.data.synthref import synthref_dir
 from risbench.profiling import count_macs, count_params
 from risbench.tasks.profile import dummy_batch
+from tests.fixtures import SMALL_DATA, SMALL_SYNTHREF
 from tests.helpers import build_model, ground_truth_masks, independent_metrics, run_cli
 
-SMALL_DATA = ["data.synthref.train_images=40", "data.synthref.val_images=10", "data.synthref.testA_images=10",
-              "data.synthref.testB_images=10", "data.num_workers=0"]
 QUICK = ["trainer.max_steps=2", "eval.save_predictions=true"]
 
 
@@ -34,17 +34,14 @@ def results(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    """One short training run of the default model; its folder and results."""
-    root = tmp_path_factory.mktemp("trained")
-    cli(root, data_dir, *QUICK)
-    (run,) = run_dirs(root)
-    return root, run
+def trained(trained_tiny):
+    """One short training run of the default model (QUICK, shared with tests/reliability); cwd and run folder."""
+    return trained_tiny
 
 
 def assert_metrics_match_the_saved_predictions(run: Path, data_dir: Path) -> None:
     """results.json's figures equal an independent computation on the run's saved predictions."""
-    summary, truths = results(run), ground_truth_masks(data_dir / "synthref")
+    summary, truths = results(run), ground_truth_masks(synthref_dir(data_dir, SMALL_SYNTHREF))
     assert sorted(summary["predictions"]) == [f"predictions/{s}.json" for s in ("testA", "testB", "val")]
     for split, values in summary["metrics"].items():
         expected = independent_metrics(json.loads((run / "predictions" / f"{split}.json").read_text()), truths)
@@ -109,7 +106,7 @@ def test_ddp_evaluation_counts_every_expression_once(trained, data_dir):
 @pytest.mark.slow
 def test_predict_writes_mask_and_overlay(trained, data_dir):
     root, run = trained
-    image = next((data_dir / "synthref" / "images").iterdir())
+    image = next((synthref_dir(data_dir, SMALL_SYNTHREF) / "images").iterdir())
     cli(root, data_dir, "mode=predict", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"predict.image={image}",
         "predict.text='the red circle'", "name=predict")
     out = run_dirs(root, "predict")[0]

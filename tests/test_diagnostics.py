@@ -59,7 +59,7 @@ class Oracle(RISModel):
 
 
 def loader(data_dir, split: str):
-    cfg = compose_config(["model=restr", "scale=tiny", "data=synthref", f"paths.data_dir={data_dir.parent}",
+    cfg = compose_config(["model=restr", "scale=tiny", "data=synthref", f"paths.synthref_dir={data_dir}",
                           "data.synthref=null", "data.num_workers=0", "data.batch_size=4"])
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()

@@ -24,7 +24,7 @@ MODELS = [
 
 def build(overrides: list[str], data_dir, root) -> tuple:
     """DataModule, net and RISLitModule at tiny scale on the tiny synthref fixture."""
-    cfg = compose_config([*overrides, "scale=tiny", "data=synthref", f"paths.data_dir={data_dir.parent}",
+    cfg = compose_config([*overrides, "scale=tiny", "data=synthref", f"paths.synthref_dir={data_dir}",
                           "data.synthref=null", "data.num_workers=0", "data.batch_size=4",
                           "eval.save_predictions=true",
                           "optim.scheduler=null"])  # warm-up starts at lr 0: one step would not move

@@ -73,6 +73,8 @@ def synthref_error_analysis(model: RISModel, dataloader: Iterable, data_dir: str
     outcomes, ious, kind_ious, kind_hits = Counter(), [], defaultdict(list), defaultdict(list)
     target_ious = []
     for batch in dataloader:
+        if batch is None or "image" not in batch:  # every sample of it dropped (data.skip_corrupt=true)
+            continue
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits = model.mask_logits(model(batch)).float()
         preds = masks_at_original_size(logits, batch, logit_threshold)

@@ -161,8 +161,15 @@ def test_image_that_fails_only_when_decoded(refcoco_root, word_tokenizer):
     dm = _refcoco(refcoco_root, word_tokenizer, skip_corrupt=True, eval_batch_size=8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert list(dm.split_dataloader("val")) == [None]  # every sample of the batch dropped
+        (batch,) = list(dm.split_dataloader("val"))  # every sample of the batch dropped: only the record
     assert any(path.name in str(w.message) for w in caught)
+    records = list(batch["skipped"])
+    assert sorted(batch) == ["skipped"] and dm.on_before_batch_transfer(batch, 0) is None
+    assert dm.on_before_batch_transfer({"skipped": records}, 0) is None  # a second epoch: counted once
+    stats = dm.stats
+    assert stats["skipped_samples"] == 3 and stats["skipped_by_kind"] == {"truncated": 3}
+    assert stats["splits"]["val"]["skipped_by_kind"] == {"truncated": 3}
+    assert stats["skipped_files"] == [f"{path} (truncated)"]
 
 
 def test_image_size_disagreeing_with_annotations(refcoco_root, word_tokenizer):

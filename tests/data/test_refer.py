@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
@@ -80,3 +82,51 @@ def test_bad_refs_file(tmp_path):
     path.write_bytes(b"not a pickle")
     with pytest.raises(RisbenchError, match="cannot read"):
         load_refs(path)
+
+
+class _TouchesMarker:
+    """What a malicious refs file holds: unpickling it calls a function of its author's choosing."""
+
+    def __init__(self, marker, shell: bool):
+        self.marker, self.shell = marker, shell
+
+    def __reduce__(self):
+        import os
+        import pathlib
+
+        if self.shell:
+            return os.system, (f"touch {self.marker}",)
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+@pytest.mark.parametrize("shell, protocol, named", [(True, 2, r"(posix|os)\.system"), (True, 4, r"(posix|os)\.system"),
+                                                   (False, 2, r"__builtin__\.getattr"),
+                                                   (False, 4, r"pathlib\S*\.Path")])
+def test_a_refs_pickle_that_would_run_code_is_refused_naming_file_and_global(tmp_path, shell, protocol, named):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    ann_dir = make_refer(tmp_path, "refcoco", "unc")
+    refs = load_refs(ann_dir / "refs(unc).p")
+    refs[0]["sentences"][0]["raw"] = _TouchesMarker(marker, shell)
+    path = ann_dir / "refs(unc).p"
+    path.write_bytes(pickle.dumps(refs, protocol=protocol))
+    with pytest.raises(RisbenchError, match=rf"refused to read {re.escape(str(path))}: it asks for the global {named}"):
+        load_refs(path)
+    with pytest.raises(RisbenchError, match="refused to read"):
+        ReferAnnotations(ann_dir, "unc")
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # what a plain pickle.load does with the same file
+    assert marker.exists()
+
+
+def test_builtin_containers_and_python2_pickles_still_read(tmp_path):
+    import pickle
+
+    from risbench.data.refer import read_refs_pickle
+
+    data = [{"ref_id": 1, "tags": {"a", "b"}, "frozen": frozenset({1}), "box": (1.5, 2), "none": None}]
+    path = tmp_path / "refs(unc).p"
+    for protocol in (0, 2, 4):
+        path.write_bytes(pickle.dumps(data, protocol=protocol))
+        assert read_refs_pickle(path) == data

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from risbench.data.refer import ReferAnnotations
-from risbench.data.synthref import (COLOURS, SHAPE_WORDS, SIZE_WORDS, SynthRefParams, ensure_synthref, generate,
-                                    generate_image, rasterize, trace_outline)
-from risbench.errors import RisbenchError
+from risbench.data.synthref import (COLOURS, SHAPE_WORDS, SIZE_WORDS, SynthRefParams, ensure_synthref,
+                                    find_synthref, generate, generate_image, rasterize, synthref_dir, trace_outline)
+from risbench.errors import MissingFileError, RisbenchError
 from tests.fixtures import TINY_SYNTHREF
 
 # big enough for stable ratios, small enough to generate in about a second
@@ -139,18 +139,52 @@ def test_loads_through_the_refer_reader(tiny_synthref_dir):
     assert (tiny_synthref_dir / "images" / ann.image(ref.image_id)["file_name"]).is_file()
 
 
-def test_regenerated_only_when_parameters_change(tmp_path):
+def _digest(root):
+    """Every file under `root` with its size and modification time: what "untouched" means here."""
+    return {p.relative_to(root): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_each_parameter_set_has_its_own_folder(tmp_path):
+    assert synthref_dir(tmp_path) == synthref_dir(tmp_path, {}) == tmp_path / "synthref"  # the defaults
+    other = synthref_dir(tmp_path, TINY_SYNTHREF)
+    assert other == tmp_path / f"synthref-{SynthRefParams.from_config(TINY_SYNTHREF).fingerprint()}"
+    assert synthref_dir(tmp_path, {**TINY_SYNTHREF, "train_images": 10}) != other
+
+
+def test_generated_once_and_never_replaced_in_place(tmp_path):
     root = tmp_path / "synthref"
     ensure_synthref(root, TINY_SYNTHREF)
-    stamp = (root / "instances.json").stat().st_mtime_ns
-    ensure_synthref(root, TINY_SYNTHREF)
-    assert (root / "instances.json").stat().st_mtime_ns == stamp
-    ensure_synthref(root, {**TINY_SYNTHREF, "train_images": 10})
-    assert json.loads((root / "stats.json").read_text())["images"] == 28
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthref"]  # no temporary leftovers
+    before = _digest(root)
+    ensure_synthref(root, TINY_SYNTHREF)  # same parameters: nothing happens
+    assert _digest(root) == before
+    with pytest.raises(RisbenchError, match="other parameters[\\s\\S]*never replaces a dataset"):
+        ensure_synthref(root, {**TINY_SYNTHREF, "train_images": 10})
+    assert _digest(root) == before  # the folder a run may be reading is untouched
+    other = ensure_synthref(synthref_dir(tmp_path, {**TINY_SYNTHREF, "train_images": 10}),
+                            {**TINY_SYNTHREF, "train_images": 10})
+    assert json.loads((other / "stats.json").read_text())["images"] == 28 and _digest(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["synthref", other.name]
 
 
-def test_concurrent_generation_yields_one_complete_copy(tmp_path):
+def test_find_synthref_never_writes(tmp_path):
+    with pytest.raises(MissingFileError, match="only reads"):
+        find_synthref(tmp_path / "synthref", TINY_SYNTHREF)
+    assert list(tmp_path.iterdir()) == []
+    ensure_synthref(tmp_path / "synthref", TINY_SYNTHREF)
+    before = _digest(tmp_path)
+    assert find_synthref(tmp_path / "synthref", TINY_SYNTHREF) == tmp_path / "synthref"
+    with pytest.raises(RisbenchError, match="other parameters"):
+        find_synthref(tmp_path / "synthref", {**TINY_SYNTHREF, "seed": 3})
+    assert _digest(tmp_path) == before
+
+
+def test_concurrent_generation_yields_one_complete_copy(tmp_path, monkeypatch):
+    """Three generators at once: one generates under the lock, the others wait and find it done."""
+    import risbench.data.synthref as synthref
+
+    calls = []
+    real_generate = synthref.generate
+    monkeypatch.setattr(synthref, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
     root, errors = tmp_path / "synthref", []
 
     def run():
@@ -164,9 +198,9 @@ def test_concurrent_generation_yields_one_complete_copy(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    assert not errors and len(calls) == 1
     assert len(list((root / "images").iterdir())) == 38
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthref"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthref.lock", "synthref"]  # no temporary leftovers
 
 
 def test_refuses_to_replace_a_foreign_directory(tmp_path):
@@ -174,6 +208,7 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path):
     (tmp_path / "synthref" / "mine.txt").write_text("keep me")
     with pytest.raises(RisbenchError, match="not replaced"):
         ensure_synthref(tmp_path / "synthref", TINY_SYNTHREF)
+    assert (tmp_path / "synthref" / "mine.txt").read_text() == "keep me"
 
 
 def test_unknown_parameter_is_a_clear_error():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from risbench.data.tokenizers import build_tokenizer, count_words, glove_tokenize
+from risbench.data.tokenizers import (build_tokenizer, count_words, glove_tokenize, same_vocabulary,
+                                      tokenizer_from_bundle)
 from risbench.errors import MissingFileError, RisbenchError
 from tests.fixtures import WORDS, write_words
 
@@ -103,9 +104,50 @@ def test_sentencepiece_uses_beit3_ids(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the man on the left\nthe red circle\na small star above the box\n" * 20)
-    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"), vocab_size=30,
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"), vocab_size=14,
                                              model_type="word")
     tok = build_tokenizer("sentencepiece", tmp_path / "m.model", max_length=8, lowercase=False)
     ids, mask = tok(["the red circle"])
     assert tok.pad_id == 1 and ids[0, 0] == 0 and ids[0, 4] == 2  # <s> ... </s>, then <pad> = 1
     assert ids[0, 5:].eq(1).all() and mask[0].tolist() == [1] * 5 + [0] * 3
+
+
+def test_coverage_counts_unknown_tokens_and_cut_expressions(words, tmp_path):
+    tok = build_tokenizer("glove", words, max_length=3)
+    coverage = tok.coverage(["the big box", "the zebra on the moon", ""])
+    # 3 + 5 tokens, "zebra" and "moon" unknown; one expression longer than 3 words
+    assert coverage == {"expressions": 3, "tokens": 8, "unknown_tokens": 2, "unknown_share": 0.25, "truncated": 1,
+                        "truncated_share": 1 / 3, "max_length": 3}
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "box"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    piece = build_tokenizer("wordpiece", tmp_path, max_length=4)
+    coverage = piece.coverage(["the box", "the red box"])  # [CLS] + 3 + [SEP] > 4: cut
+    assert (coverage["tokens"], coverage["unknown_tokens"], coverage["truncated"]) == (5, 1, 1)
+
+
+@pytest.mark.parametrize("kind", ["glove", "wordpiece"])
+def test_a_bundle_rebuilds_the_same_tokenizer_anywhere(kind, words, tiny_synthref_dir, tmp_path):
+    path = words if kind == "glove" else tiny_synthref_dir / "tokenizer"
+    tok = build_tokenizer(kind, path, max_length=7, padding_side="left")
+    bundle = tok.bundle()
+    assert set(bundle["files"]) == ({"words.txt"} if kind == "glove" else
+                                    {"vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+    copy = tokenizer_from_bundle(bundle, tmp_path / "elsewhere")
+    texts = ["the small red circle", "a zebra left of the box"]
+    assert torch.equal(copy(texts)[0], tok(texts)[0]) and copy.max_length == 7 and copy.padding_side == "left"
+    assert same_vocabulary(copy, tok)
+    assert not same_vocabulary(copy, build_tokenizer(kind, path, max_length=8, padding_side="left"))
+
+
+def test_a_bundle_never_writes_outside_its_folder(words, tmp_path):
+    bundle = build_tokenizer("glove", words).bundle()
+    bundle["files"] = {"../escaped.txt": "x"}
+    with pytest.raises(RisbenchError, match="not a plain file name"):
+        tokenizer_from_bundle(bundle, tmp_path / "folder")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_different_vocabularies_are_told_apart(words, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(["<pad>", "<unk>", "the", "box", "big"]) + "\n")
+    assert not same_vocabulary(build_tokenizer("glove", words), build_tokenizer("glove", other))

@@ -4,7 +4,7 @@ from risbench.data.vocab import main
 
 def test_vocab_from_training_expressions_feeds_the_glove_tokenizer(tiny_synthref_dir, tmp_path, capsys):
     out = tmp_path / "words.txt"
-    args = ["data=synthref", f"paths.data_dir={tiny_synthref_dir.parent}", "data.synthref=null", f"out={out}"]
+    args = ["data=synthref", f"paths.synthref_dir={tiny_synthref_dir}", "data.synthref=null", f"out={out}"]
     assert main(args) == 0
     words = out.read_text().splitlines()
     assert words[:2] == ["<pad>", "<unk>"] and len(words) == len(set(words)) > 10

@@ -107,9 +107,9 @@ def sweep_results(root: Path, name: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, data_dir) -> Path:
-    """A checkpoint of the default tiny model after two steps (stands in for the Table 1 models)."""
+    """A checkpoint of the tiny ReSTR after two steps (stands in for the Table 1 models)."""
     root = tmp_path_factory.mktemp("restr_ckpt")
-    cli(root, data_dir, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    cli(root, data_dir, "model=restr", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1")
     (run,) = (root / "outputs" / "default").iterdir()
     return run / "checkpoints" / "last.ckpt"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from risbench.data.synthref import ensure_synthref
+from risbench.data.synthref import ensure_synthref, synthref_dir
 from tests.fixtures import TINY_SYNTHREF
 from tests.helpers import compose_config, run_cli, sweep_jobs
 
@@ -30,7 +30,7 @@ SYNTHREF = {**TINY_SYNTHREF, "image_size": 64}
 
 @pytest.fixture(scope="module")
 def synthref_64(tmp_path_factory):
-    return ensure_synthref(tmp_path_factory.mktemp("sadlr_data") / "synthref", SYNTHREF)
+    return ensure_synthref(synthref_dir(tmp_path_factory.mktemp("sadlr_data"), SYNTHREF), SYNTHREF)
 
 
 @pytest.mark.slow

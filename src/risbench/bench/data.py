@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 import time
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from risbench.config import instantiate_node
 from risbench.data.check import compose_config
 from risbench.data.tokenizers import build_tokenizer
 from risbench.errors import RisbenchError
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         overrides.append("data.img_size=480")
     try:
         cfg = compose_config(overrides)
-        datamodule = instantiate(cfg.data, _recursive_=False)
+        datamodule = instantiate_node(cfg.data, _recursive_=False)
         datamodule.prepare_data()
         tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
         datamodule.set_tokenizer(build_tokenizer(**{k: v for k, v in tokenizer_cfg.items() if v is not None}))

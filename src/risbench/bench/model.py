@@ -195,16 +195,27 @@ def out_dir(option: str, overrides: list[str]) -> Path:
     return Path("outputs") / "bench" / model / stamp
 
 
+def child_main(argv: list[str]) -> None:
+    """A child process: one cell (``--cell PRECISION MODE``) or the MACs (``--macs``), JSON on the last line."""
+    from risbench.errors import RisbenchError
+
+    try:
+        if argv[0] == "--cell":
+            precision, mode = argv[1], argv[2]
+            options, overrides = parse(argv[3:])
+            print(json.dumps(run_cell(precision, mode, overrides, options["batch_size"], options["warmup"],
+                                      options["repeats"], options["path"], options["expressions_per_image"])))
+        else:
+            options, overrides = parse(argv[1:])
+            print(json.dumps(count_cell_macs(overrides, options["batch_size"], options["expressions_per_image"])))
+    except RisbenchError as error:  # a user mistake: one message, exit 2 (the parent passes it on)
+        print(f"risbench error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--cell"]:  # child process: one cell, JSON on the last line
-        precision, mode, argv = argv[1], argv[2], argv[3:]
-        options, overrides = parse(argv)
-        print(json.dumps(run_cell(precision, mode, overrides, options["batch_size"], options["warmup"],
-                                  options["repeats"], options["path"], options["expressions_per_image"])))
-        return
-    if argv[:1] == ["--macs"]:
-        options, overrides = parse(argv[1:])
-        print(json.dumps(count_cell_macs(overrides, options["batch_size"], options["expressions_per_image"])))
+    if argv[:1] in (["--cell"], ["--macs"]):
+        child_main(argv)
         return
     options, overrides = parse(argv)
     folder = out_dir(options["out"], overrides)
@@ -227,6 +238,9 @@ def main(argv: list[str]) -> None:
 
 def _child(args: list[str]) -> dict:
     child = subprocess.run([sys.executable, "-m", "risbench.bench.model", *args], capture_output=True, text=True)
+    if child.returncode == 2:
+        sys.stderr.write(child.stderr[child.stderr.find("risbench error:"):])
+        sys.exit(2)
     if child.returncode != 0:
         sys.exit(f"bench {' '.join(args[:3])} failed:\n{child.stderr[-3000:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])

@@ -1,6 +1,7 @@
 """``python -m risbench.data <command> data=<name> [overrides]``.
 
-* ``check``: validate a dataset install against the published counts (check.py);
+* ``check``: validate a dataset install (published counts, every image decoded, annotations, text
+  coverage; ``--quick`` reads image headers only); it never writes (check.py);
 * ``vocab``: write the word vocabulary of the training expressions for GloVe-word models (vocab.py).
 """
 
@@ -11,7 +12,8 @@ import sys
 
 COMMANDS = {"check": "risbench.data.check", "vocab": "risbench.data.vocab"}
 USAGE = ("usage: python -m risbench.data <check|vocab> "
-         "data=<synthref|refcoco|refcoco_plus|refcocog_umd|refcocog_google|referit> [key=value ...]")
+         "data=<synthref|refcoco|refcoco_plus|refcocog_umd|refcocog_google|referit> [--quick] [key=value ...] "
+         "(paths.refer_root=<the refer toolkit's data/ folder> reads that layout as it is)")
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,9 @@ One dataset directory holds ``instances.json`` (COCO instances, read with pycoco
     {ref_id, ann_id, image_id, split, category_id, sent_ids, file_name,
      sentences: [{sent_id, sent, raw, tokens}, ...]}
 
-The pickles in the wild were written by Python 2; they are read with a latin-1 fallback.
+The pickles in the wild were written by Python 2; they are read with a latin-1 fallback, by a restricted
+unpickler (`read_refs_pickle`, the one reader of refs files): a pickle can run any code while it is read,
+and a refs file needs nothing but lists, dicts, strings and numbers, so every other global is refused.
 Masks come from the referent's annotation: polygons (COCO) or run-length encodings (RefClef), every
 part rasterised by pycocotools. ``mask_union="union"`` keeps a pixel covered by any part;
 ``"lavt"`` reproduces LAVT's loader, which sums the parts and keeps the pixels equal to 1 (a pixel
@@ -54,21 +56,53 @@ def refs_path(ann_dir: str | Path, split_by: str) -> Path:
     return Path(ann_dir) / f"refs({split_by}).p"
 
 
+# the only globals a refs pickle may name (sets; protocols < 3 write the module as Python 2's __builtin__)
+SAFE_PICKLE_GLOBALS = {(module, name) for module in ("builtins", "__builtin__") for name in ("set", "frozenset")}
+
+
+class UnsafePickleError(RisbenchError):
+    """A data pickle names a global (a class or function) that plain data never needs."""
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Builtin containers and scalars only: any other global would be code chosen by the file's author."""
+
+    def __init__(self, file, path: Path, **kwargs):
+        super().__init__(file, **kwargs)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"refused to read {self.path}: it asks for the global {module}.{name}, which a refs file never "
+            "needs (it holds only lists, dicts, strings and numbers); reading it could run code chosen by "
+            "whoever made the file.\n  how to fix: use the refs file of the refer toolkit's own download")
+
+
+def read_refs_pickle(path: str | Path):
+    """Unpickle a refs file with the data-only reader; Python 2 byte strings fall back to latin-1."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            try:
+                return _DataOnlyUnpickler(f, path).load()
+            except UnicodeDecodeError:  # Python 2 byte strings that are not ASCII
+                f.seek(0)
+                return _DataOnlyUnpickler(f, path, encoding="latin-1").load()
+    except UnsafePickleError:
+        raise
+    except Exception as exc:
+        raise RisbenchError(f"cannot read {path} ({type(exc).__name__}: {exc}).\n"
+                            "  how to fix: download the refs file again (it should be a pickled list)") from None
+
+
 def load_refs(path: str | Path) -> list[dict]:
     """The referents of a refs pickle, Python-2 pickles included."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError("refer annotation file", path, layout_hint(path.parent))
-    try:
-        with open(path, "rb") as f:
-            try:
-                refs = pickle.load(f)
-            except UnicodeDecodeError:  # Python 2 byte strings that are not ASCII
-                f.seek(0)
-                refs = pickle.load(f, encoding="latin-1")
-    except Exception as exc:
-        raise RisbenchError(f"cannot read {path} ({type(exc).__name__}: {exc}).\n"
-                            "  how to fix: download the refs file again (it should be a pickled list)") from None
+    refs = read_refs_pickle(path)
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
         raise RisbenchError(f"{path} does not hold a list of referents (refer format).")
     for ref in refs[:1]:
@@ -106,10 +140,21 @@ def load_coco(path: str | Path) -> COCO:
     return coco
 
 
-def layout_hint(ann_dir: Path, split_by: str = "<splitBy>") -> str:
-    return (f"put instances.json and refs({split_by}).p in {ann_dir}/ (layout: "
-            "<paths.data_dir>/refer/<refcoco|refcoco+|refcocog|refclef>/); they come from the refer "
-            "toolkit's data downloads (github.com/lichengunc/refer)")
+def layout_hint(ann_dir: Path, split_by: str = "<splitBy>", dataset: str | None = None) -> str:
+    """How to fix a missing annotation file; it notices a folder of the other layout given by mistake."""
+    ann_dir, name = Path(ann_dir), dataset or Path(ann_dir).name
+    refs = f"refs({split_by}).p" if split_by != "<splitBy>" else "refs(*).p"
+    if ann_dir.parent.name == "refer" and list((ann_dir.parent.parent / name).glob(refs)):
+        root = ann_dir.parent.parent
+        return (f"{root} is laid out as the refer toolkit's data/ folder ({root / name} holds the refs files): "
+                f"pass paths.refer_root={root} to read it as it is")
+    if list((ann_dir.parent / "refer" / name).glob(refs)):
+        return (f"{ann_dir.parent} is laid out as risbench's data folder (refer/{name}/ inside it): pass "
+                f"paths.data_dir={ann_dir.parent} rather than paths.refer_root")
+    return (f"put instances.json and refs({split_by}).p in {ann_dir}/ (risbench's layout: "
+            "<paths.data_dir>/refer/<refcoco|refcoco+|refcocog|refclef>/; or pass paths.refer_root=<the refer "
+            "toolkit's data/ folder> to read that layout as it is); they come from the refer toolkit's data "
+            "downloads (github.com/lichengunc/refer)")
 
 
 def segmentation_parts(segmentation, height: int, width: int) -> list[dict]:

@@ -31,19 +31,27 @@ NORMALIZATIONS = {
 
 
 class UnreadableImageError(RisbenchError):
-    """An image file is missing, truncated or not an image."""
+    """An image file is missing, truncated or not an image; ``kind`` says which (missing, truncated,
+    unreadable, wrong_size)."""
+
+    def __init__(self, message: str, kind: str = "unreadable", detail: str = ""):
+        super().__init__(message)
+        self.kind, self.detail = kind, detail
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file as RGB (see `to_rgb`); UnreadableImageError names the file otherwise."""
+    """Decode an image file fully as RGB (see `to_rgb`); UnreadableImageError names the file otherwise."""
     try:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
     except FileNotFoundError:
-        raise UnreadableImageError(f"image not found: {path}") from None
+        raise UnreadableImageError(f"image not found: {path}", kind="missing") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImageError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from None
+        # PIL says "image file is truncated" (or "broken data stream") when the pixels stop early
+        kind = "truncated" if "truncated" in str(exc) or "broken data stream" in str(exc) else "unreadable"
+        raise UnreadableImageError(f"cannot read image {path} ({type(exc).__name__}: {exc})", kind=kind,
+                                   detail=f"{type(exc).__name__}: {exc}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -12,9 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from hydra.utils import instantiate
-
-from risbench.config import split_options
+from risbench.config import instantiate_node, split_options
 from risbench.data.check import compose_config
 from risbench.data.tokenizers import glove_tokenize
 from risbench.errors import RisbenchError
@@ -32,14 +30,20 @@ def training_words(datamodule, min_count: int = 1) -> list[str]:
 
 def main(argv: list[str]) -> int:
     options, overrides = split_options(argv, {"out": None, "min_count": "1"})
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         cfg = compose_config(overrides)
-        datamodule = instantiate(cfg.data, _recursive_=False)
+        datamodule = instantiate_node(cfg.data, _recursive_=False)
         datamodule.prepare_data()
         out = Path(options["out"] or Path(cfg.paths.weights_dir) / "restr" / f"words_{datamodule.dataset}.txt")
         if out.exists():
             raise RisbenchError(f"{out} exists already; pass out=OTHER_PATH (existing files are never overwritten)")
         words = training_words(datamodule, int(options["min_count"]))
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"risbench data vocab: bad config or overrides: {error}", file=sys.stderr)
+        return 2
     except RisbenchError as error:
         print(f"risbench data vocab: {error}", file=sys.stderr)
         return 2

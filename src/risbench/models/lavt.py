@@ -87,7 +87,8 @@ class LanguageGate(nn.Module):
             elif init == "lavt":
                 nn.init.trunc_normal_(fc.weight, std=0.02)
             else:
-                raise ValueError(f"model.gate_init must be lavt|zero, got {init!r}")
+                raise RisbenchError(f"gate_init (model.gate_init; model.base.gate_init under SADLR) must be one of "
+                                   f"['lavt', 'zero'], got {init!r}")
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.fc2(F.relu(self.fc1(f))))

@@ -204,6 +204,10 @@ class ReSTR(RISModel):
 
         self.vision = build_vit(img_size=img_size, **vision)
         self.patch_size = self.vision.patch_embed.patch_size[0]
+        if img_size % self.patch_size:  # the patch grid and the decoder's upsampling must tile the input
+            raise RisbenchError(f"data.img_size={img_size} (model.img_size) must be a multiple of ReSTR's patch size "
+                                f"{self.patch_size}; e.g. {img_size - img_size % self.patch_size} or "
+                                f"{img_size - img_size % self.patch_size + self.patch_size}")
         self.grid = tuple(self.vision.patch_embed.grid_size)
         vision_dim = self.vision.embed_dim
         self.text = text(vocab_size=vocab_size)

@@ -7,12 +7,13 @@ import time
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from risbench.config import instantiate_node
 from risbench.errors import RisbenchError
-from risbench.tasks.common import (build_datamodule, build_lit, build_net, check_checkpoint_matches, log,
-                                   resolve_ckpt_path, run_dir, write_results)
+from risbench.tasks.common import (build_datamodule, build_lit, build_net, check_checkpoint_matches,
+                                   config_from_checkpoint, log, read_checkpoint, resolve_ckpt_path, run_dir,
+                                   write_results)
 
 
 def analyze(cfg: DictConfig) -> dict:
@@ -20,17 +21,21 @@ def analyze(cfg: DictConfig) -> dict:
     if cfg.get("analysis") is None:
         raise RisbenchError("mode=analyze needs an analysis: add analysis=<name> (conf/analysis/<name>.yaml)")
     L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_ckpt_path(cfg, required=False)
+    checkpoint, tokenizer = None, None
+    if ckpt_path is not None:
+        checkpoint = read_checkpoint(ckpt_path)
+        cfg, _, tokenizer = config_from_checkpoint(cfg, checkpoint)
     options = OmegaConf.to_container(cfg.analysis, resolve=True)
     split = options.pop("split", "val")
-    function = instantiate({key: value for key, value in options.items() if key != "split"})
-    datamodule = build_datamodule(cfg)
+    function = instantiate_node({key: value for key, value in options.items() if key != "split"})
+    datamodule = build_datamodule(cfg, tokenizer)
     net = build_net(cfg, datamodule.tokenizer.vocab_size)
-    ckpt_path = resolve_ckpt_path(cfg, required=False)
     if ckpt_path is None:
         log.warning("mode=analyze without ckpt_path: analysing randomly initialised weights")
     else:
         lit = build_lit(cfg, net, datamodule)
-        lit.load_state_dict(check_checkpoint_matches(ckpt_path, lit)["state_dict"])
+        lit.load_state_dict(check_checkpoint_matches(ckpt_path, lit, checkpoint)["state_dict"])
     net.eval()
     with torch.no_grad():
         result = function(model=net, dataloader=datamodule.split_dataloader(split))

@@ -1,4 +1,10 @@
-"""Builders shared by the tasks: tokenizer, DataModule, model, LightningModule, trainer, results."""
+"""Builders shared by the tasks: tokenizer, DataModule, model, LightningModule, trainer, results.
+
+Checkpoints carry what evaluating them needs (`run_info`): the model, tokenizer, data and paper-protocol
+config nodes as written (interpolations kept, so paths resolve on the machine that reads them) and the
+tokenizer's files. `config_from_checkpoint` puts them back for ``mode=eval|predict|analyze``, except what
+the command line chooses itself.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,23 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from risbench.config import instantiate_node
-from risbench.data.tokenizers import build_tokenizer
+from risbench.data.coverage import coverage_warnings, text_coverage
+from risbench.data.tokenizers import build_tokenizer, same_vocabulary, tokenizer_from_bundle
 from risbench.errors import MissingFileError, RisbenchError
 from risbench.lit import RISLitModule
 from risbench.models.base import RISModel
 
 log = logging.getLogger("risbench")
+_info, _warn = rank_zero_only(log.info), rank_zero_only(log.warning)  # once, not once per DDP rank
+
+# command-line choices that pick the architecture themselves: the checkpoint's model config then stays out
+MODEL_CHOICES = ("model", "experiment", "scale", "model_scale")
+# data keys that belong to the model's recipe (its input), kept from the checkpoint on any dataset
+INPUT_KEYS = ("img_size", "resize", "normalize")
 
 
 def run_dir() -> Path:
@@ -32,11 +46,12 @@ def tokenizer_kwargs(cfg: DictConfig) -> dict:
     return {key: value for key, value in kwargs.items() if value is not None}
 
 
-def build_datamodule(cfg: DictConfig):
-    """The DataModule with its tokenizer; prepares the data (synthref is generated on first use)."""
+def build_datamodule(cfg: DictConfig, tokenizer=None):
+    """The DataModule with its tokenizer (the configured one unless given); prepares the data (synthref is
+    generated on first use)."""
     datamodule = instantiate_node(cfg.data, _recursive_=False)
     datamodule.prepare_data()
-    datamodule.set_tokenizer(build_tokenizer(**tokenizer_kwargs(cfg)))
+    datamodule.set_tokenizer(tokenizer or build_tokenizer(**tokenizer_kwargs(cfg)))
     return datamodule
 
 
@@ -58,14 +73,111 @@ def build_net(cfg: DictConfig, vocab_size: int) -> RISModel:
     return net
 
 
-def run_info(cfg: DictConfig) -> dict:
+def run_info(cfg: DictConfig, tokenizer=None) -> dict:
+    """What every checkpoint of this run carries: where it came from, its config nodes (as written, so
+    paths resolve wherever it is read) and its tokenizer's files."""
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return {"name": cfg.name, "model": OmegaConf.to_container(cfg.model, resolve=True), "overrides": overrides}
+    info = {"name": cfg.name, "model": OmegaConf.to_container(cfg.model, resolve=True), "overrides": overrides,
+            "config": {key: OmegaConf.to_container(node, resolve=False) for key, node in
+                       (("model", cfg.model), ("data", cfg.data), ("tokenizer", cfg.tokenizer),
+                        ("eval_paper", cfg.eval.paper))}}
+    if tokenizer is not None and getattr(tokenizer, "path", None) is not None:
+        info["tokenizer"] = tokenizer.bundle()
+    return info
 
 
 def build_lit(cfg: DictConfig, net: RISModel, datamodule) -> RISLitModule:
     return RISLitModule(net, optim=cfg.optim, eval_cfg=cfg.eval, val_split=datamodule.val_split,
-                        test_splits=datamodule.test_split_names, run_info=run_info(cfg))
+                        test_splits=datamodule.test_split_names, run_info=run_info(cfg, datamodule.tokenizer))
+
+
+def read_checkpoint(ckpt_path: str) -> dict:
+    """A risbench/Lightning checkpoint read with ``weights_only=True`` (no code runs from the file)."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RisbenchError(f"checkpoint {ckpt_path} could not be read safely ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}).\n  how to fix: use a checkpoint "
+                            "risbench wrote (or converted with python -m risbench.convert)") from None
+    if not isinstance(checkpoint, dict):
+        raise RisbenchError(f"{ckpt_path} holds a {type(checkpoint).__name__}, not a risbench checkpoint")
+    return checkpoint
+
+
+def _command_line_keys() -> list[str]:
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return [override.split("=", 1)[0].lstrip("+~") for override in overrides]
+
+
+def config_from_checkpoint(cfg: DictConfig, checkpoint: dict) -> tuple[DictConfig, list[str], object]:
+    """(config, restored keys, tokenizer) for evaluating `checkpoint` from what it carries.
+
+    The model, the paper's protocol and the data recipe's input keys come from the checkpoint unless the
+    command line picks a model itself (``model=``, ``experiment=``, ``scale=``, ``model/...=``); the
+    dataset comes from it unless the command line picks one (``data=...``); the tokenizer is the
+    checkpoint's own unless ``tokenizer.path=`` is given, and a configured tokenizer that differs from the
+    checkpoint's is reported. Single keys given on the command line (``data.batch_size=4``,
+    ``eval.paper.threshold=0.4``) apply on top. A checkpoint without a config (an older or converted one)
+    leaves the configured run as it is.
+    """
+    stored = (checkpoint.get("risbench") or {}).get("config")
+    bundle = (checkpoint.get("risbench") or {}).get("tokenizer")
+    keys = _command_line_keys()
+    restored: list[str] = []
+    if stored:
+        given = {key: OmegaConf.select(cfg, key) for key in keys if "." in key and "@" not in key}
+        model_chosen = any(k in MODEL_CHOICES or k.split("/")[0] in MODEL_CHOICES and "/" in k for k in keys)
+        data_chosen = any(k == "data" or k.startswith("data/") for k in keys)
+        with open_dict(cfg):
+            if not data_chosen:
+                cfg.data = stored["data"]
+                restored.append("data")
+            if not model_chosen:
+                cfg.model = stored["model"]
+                cfg.eval.paper = stored["eval_paper"]
+                cfg.tokenizer = stored["tokenizer"]
+                for key in INPUT_KEYS:
+                    if key in stored["data"]:
+                        cfg.data[key] = stored["data"][key]
+                restored += ["model", "eval.paper", "tokenizer", *(f"data.{k}" for k in INPUT_KEYS)]
+            for key, value in given.items():  # the command line's own keys win
+                if key.split(".")[0] in ("model", "data", "tokenizer") or key.startswith("eval.paper."):
+                    OmegaConf.update(cfg, key, value, force_add=True)
+    tokenizer = checkpoint_tokenizer(cfg, bundle, "tokenizer.path" in keys)
+    if bundle is not None and "tokenizer.path" not in keys:
+        restored.append("tokenizer files")
+    return cfg, sorted(set(restored)), tokenizer
+
+
+def checkpoint_tokenizer(cfg: DictConfig, bundle: dict | None, path_given: bool):
+    """The tokenizer to evaluate with: the checkpoint's own (written to ``<run>/tokenizer_from_checkpoint``),
+    unless there is none or ``tokenizer.path`` was given; a configured one that differs is reported."""
+    configured = None
+    try:
+        configured = build_tokenizer(**tokenizer_kwargs(cfg))
+    except RisbenchError:
+        if bundle is None or path_given:
+            raise
+    if bundle is None:
+        return configured
+    own = tokenizer_from_bundle(bundle, run_dir() / "tokenizer_from_checkpoint")
+    if configured is not None and not same_vocabulary(configured, own):
+        which = "the configured one" if path_given else "the checkpoint's own, which the weights were trained with"
+        _warn(f"the checkpoint's tokenizer differs from the configured one ({cfg.tokenizer.get('path')}): "
+              f"{_difference(own, configured)}; using {which}")
+    if path_given:
+        return configured
+    with open_dict(cfg):
+        cfg.tokenizer.path = str(own.path)
+    return own
+
+
+def _difference(own, configured) -> str:
+    if own.kind != configured.kind:
+        return f"kind {own.kind} vs {configured.kind}"
+    if own.bundle()["options"] != configured.bundle()["options"]:
+        return f"options {own.bundle()['options']} vs {configured.bundle()['options']}"
+    return f"another vocabulary ({own.vocab_size} vs {configured.vocab_size} entries)"
 
 
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True, validates: bool = True) -> L.Trainer:
@@ -106,12 +218,9 @@ def resolve_ckpt_path(cfg: DictConfig, required: bool) -> str | None:
     return str(path)
 
 
-def check_checkpoint_matches(ckpt_path: str, module: torch.nn.Module) -> dict:
-    """Load a checkpoint and fail clearly if its weights do not fit ``module``; returns the checkpoint."""
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RisbenchError(f"checkpoint {ckpt_path} could not be read ({type(exc).__name__}: {exc})") from None
+def check_checkpoint_matches(ckpt_path: str, module: torch.nn.Module, checkpoint: dict | None = None) -> dict:
+    """Load a checkpoint (unless given) and fail clearly if its weights do not fit ``module``; returns it."""
+    checkpoint = read_checkpoint(ckpt_path) if checkpoint is None else checkpoint
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if state is None:
         raise RisbenchError(f"{ckpt_path} is not a risbench/Lightning checkpoint (no 'state_dict')")
@@ -157,13 +266,52 @@ def write_results(cfg: DictConfig, started: float, **fields) -> Path:
         **fields,
     }
     path = out / "results.json"
-    if path.exists():  # never overwrite another run's results
-        raise RisbenchError(f"{path} exists already; refusing to overwrite another run's results")
+    if path.exists() and not cfg.get("overwrite", False):  # never overwrite another run's results
+        raise RisbenchError(f"{path} exists already; refusing to overwrite another run's results "
+                            "(overwrite=true writes over it)")
     path.write_text(json.dumps(results, indent=2))
     return path
 
 
-def write_predictions(lit: RISLitModule) -> list[str]:
+def report_text_coverage(datamodule, splits) -> dict:
+    """Log the tokenizer's coverage of each split's text, warn above ``data.text_coverage_warning``."""
+    coverage = text_coverage(datamodule, datamodule.tokenizer, splits)
+    for split, c in coverage.items():
+        _info(f"text coverage {split}: {100 * c['unknown_share']:.1f}% unknown tokens, "
+                       f"{100 * c['truncated_share']:.1f}% of {c['expressions']} expressions cut at "
+                       f"max_length={c['max_length']}")
+    for line in coverage_warnings(coverage, datamodule.text_coverage_warning):
+        _warn(f"text coverage: {line} (warning threshold data.text_coverage_warning="
+                       f"{datamodule.text_coverage_warning})")
+    return coverage
+
+
+def gathered_data_stats(datamodule) -> dict:
+    """The DataModule's counts, with the samples every DDP rank dropped while loading."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and hasattr(datamodule, "record_skipped"):
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, datamodule.loading_skips())
+        for records in gathered:
+            datamodule.record_skipped(records)
+    return getattr(datamodule, "stats", {})
+
+
+def print_data_summary(stats: dict) -> None:
+    """One line at the end of a run saying what the data held that was skipped, replaced or kept."""
+    parts = []
+    if stats.get("skipped_samples"):
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in stats.get("skipped_by_kind", {}).items())
+        parts.append(f"{stats['skipped_samples']} sample(s) skipped ({kinds})")
+    if stats.get("empty_expressions"):
+        parts.append(f"{stats['empty_expressions']} empty expression(s) replaced by the placeholder")
+    if stats.get("zero_area_masks"):
+        parts.append(f"{stats['zero_area_masks']} referent(s) with a zero-area mask kept")
+    if parts:
+        print("data: " + "; ".join(parts) + " (results.json data_stats; python -m risbench.data check lists them)")
+
+
+def write_predictions(lit: RISLitModule, overwrite: bool = False) -> list[str]:
     """``predictions/<split>.json`` of a test pass with ``eval.save_predictions`` (gathered over ranks)."""
     records = lit.predictions
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -176,7 +324,7 @@ def write_predictions(lit: RISLitModule) -> list[str]:
     if not records:
         return []
     folder = run_dir() / "predictions"
-    folder.mkdir(exist_ok=False)
+    folder.mkdir(exist_ok=overwrite)
     for split, rows in records.items():
         (folder / f"{split}.json").write_text(json.dumps(rows))
     return [f"predictions/{split}.json" for split in records]

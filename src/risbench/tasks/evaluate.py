@@ -1,4 +1,8 @@
-"""mode=eval ckpt_path=PATH: test a checkpoint on every test split of the configured dataset."""
+"""mode=eval ckpt_path=PATH: test a checkpoint on every test split of the configured dataset.
+
+The model, tokenizer and data recipe come from the checkpoint (`config_from_checkpoint`), so
+``mode=eval ckpt_path=X [data=refcoco] [paths.data_dir=...]`` needs nothing else.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from omegaconf import DictConfig
 
 from risbench.profiling import count_params
 from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, check_checkpoint_matches,
-                                   log, print_metrics, protocols, resolve_ckpt_path, run_dir, write_predictions,
-                                   write_results)
+                                   config_from_checkpoint, gathered_data_stats, log, print_data_summary,
+                                   print_metrics, protocols, read_checkpoint, report_text_coverage,
+                                   resolve_ckpt_path, run_dir, write_predictions, write_results)
 
 
 def write_overlays(trainer: L.Trainer, lit, datamodule, k: int) -> list[str]:
@@ -34,21 +39,26 @@ def write_overlays(trainer: L.Trainer, lit, datamodule, k: int) -> list[str]:
 def evaluate(cfg: DictConfig) -> dict:
     started = time.time()
     ckpt_path = resolve_ckpt_path(cfg, required=True)
+    checkpoint = read_checkpoint(ckpt_path)
+    cfg, restored, tokenizer = config_from_checkpoint(cfg, checkpoint)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, tokenizer)
     net = build_net(cfg, datamodule.tokenizer.vocab_size)
     lit = build_lit(cfg, net, datamodule)
-    lit.load_state_dict(check_checkpoint_matches(ckpt_path, lit)["state_dict"])
+    lit.load_state_dict(check_checkpoint_matches(ckpt_path, lit, checkpoint)["state_dict"])
+    coverage = report_text_coverage(datamodule, datamodule.test_split_names)
     trainer = build_trainer(cfg, with_callbacks=False)
     trainer.test(lit, datamodule=datamodule, verbose=False)
     metrics = lit.results
-    predictions = write_predictions(lit)
+    predictions = write_predictions(lit, overwrite=cfg.get("overwrite", False))
     overlays = write_overlays(trainer, lit, datamodule, int(cfg.eval.overlays)) if cfg.eval.get("overlays") else []
+    data_stats = gathered_data_stats(datamodule)
     if trainer.is_global_zero:
         print_metrics(metrics, f"{cfg.name}: eval", cfg)
+        print_data_summary(data_stats)
         log.info("evaluated %s", ckpt_path)
         path = write_results(cfg, started, metrics=metrics, protocols=protocols(cfg), params=count_params(net),
-                             checkpoint=ckpt_path, predictions=predictions, overlays=overlays,
-                             data_stats=getattr(datamodule, "stats", {}))
+                             checkpoint=ckpt_path, from_checkpoint=restored, predictions=predictions,
+                             overlays=overlays, data_stats=data_stats, text_coverage=coverage)
         log.info("results written to %s", path)
     return metrics

@@ -8,12 +8,14 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from risbench.config import instantiate_node
 from risbench.errors import RisbenchError
 from risbench.profiling import count_params
 from risbench.report.summary import end_of_run_line
-from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, log,
-                                   print_metrics, protocols, resolve_ckpt_path, run_dir, write_predictions,
-                                   write_results)
+from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer,
+                                   check_checkpoint_matches, gathered_data_stats, log, print_data_summary,
+                                   print_metrics, protocols, report_text_coverage, resolve_ckpt_path, run_dir,
+                                   write_predictions, write_results)
 
 
 def selected_checkpoint(trainer: L.Trainer, select: str) -> str | None:
@@ -36,6 +38,24 @@ def schedule_progress(trainer: L.Trainer) -> dict:
             "schedule_fraction": round(done / planned, 4) if planned else 1.0}
 
 
+def check_optim(cfg: DictConfig) -> None:
+    """Build the optimizer and schedule once on a probe parameter: inside fit a bad ``optim.*`` value would
+    end in a traceback, here it is one message naming the key."""
+    import torch
+
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for key in ("optimizer", "scheduler"):
+        node = cfg.optim.get(key)
+        if node is None:
+            continue
+        factory = instantiate_node(node)
+        try:
+            factory([torch.nn.Parameter(torch.zeros(1))]) if key == "optimizer" else factory(probe, total_steps=10)
+        except (ValueError, TypeError) as error:
+            raise RisbenchError(f"optim.{key} cannot be built: {error}\n  how to fix: check the values under "
+                                f"optim.{key}") from None
+
+
 def train(cfg: DictConfig) -> dict:
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
@@ -45,8 +65,13 @@ def train(cfg: DictConfig) -> dict:
     if resume_from is None:
         net.load_pretrained()
     lit = build_lit(cfg, net, datamodule)
+    check_optim(cfg)
+    if resume_from is not None:  # one clear message for a checkpoint of another model, before fit reads it
+        check_checkpoint_matches(resume_from, lit)
+    coverage = report_text_coverage(datamodule, [datamodule.train_split, datamodule.val_split,
+                                                 *datamodule.test_split_names])
     trainer = build_trainer(cfg, validates=bool(datamodule.val_split))
-    trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     progress = schedule_progress(trainer)
     if progress["stopped_early"] and not trainer.fast_dev_run:
         log.warning("the time guard (trainer.max_time=%s) stopped training after %d of %d steps (%.0f%% of the "
@@ -56,16 +81,18 @@ def train(cfg: DictConfig) -> dict:
     test_ckpt = None if trainer.fast_dev_run else selected_checkpoint(trainer, cfg.eval.ckpt_select)
     trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)
     metrics = lit.results
-    predictions = write_predictions(lit)
+    predictions = write_predictions(lit, overwrite=cfg.get("overwrite", False))
+    data_stats = gathered_data_stats(datamodule)
     if trainer.is_global_zero:
         caption = None
         if progress["stopped_early"] and not trainer.fast_dev_run:
             caption = (f"STOPPED EARLY by the time guard: {progress['steps']} of {progress['planned_steps']} steps "
                        f"({100 * progress['schedule_fraction']:.0f}% of the schedule)")
         print_metrics(metrics, f"{cfg.name}: test ({cfg.eval.ckpt_select} checkpoint)", cfg, caption)
+        print_data_summary(data_stats)
         path = write_results(cfg, started, metrics=metrics, protocols=protocols(cfg), params=count_params(net),
                              checkpoint=test_ckpt, resumed_from=resume_from, **progress, predictions=predictions,
-                             data_stats=getattr(datamodule, "stats", {}))
+                             data_stats=data_stats, text_coverage=coverage)
         log.info("results written to %s", path)
         print(end_of_run_line(trainer, run_dir()))
     return metrics

@@ -155,7 +155,8 @@ def test_a_fixed_sweep_folder_twice_is_refused(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["model=restr", "data.img_size=33"], "data.img_size=33 (model.img_size) must be a multiple of ReSTR's patch size 4"),
     (["model.base.gate_init=ones"], "must be one of ['lavt', 'zero'], got 'ones'"),
-    (["model.head.iterations=-1"], "cannot build model from the config: ValueError"),
+    (["model.head.iterations=-1"], "model.head.iterations must be >= 0 (0 = the base's own classifier), got -1"),
+    (["model.head.structure=d12x"], "model.head.structure must look like d128-512 or d128-512x2"),
 ])
 def test_errors_inside_constructors_are_one_message(tmp_path, data_dir, args, message):
     one_message(risbench(tmp_path, data_dir, *args, "trainer.max_steps=1"), 2, message)

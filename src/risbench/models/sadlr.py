@@ -79,6 +79,8 @@ class SADLRHead(nn.Module):
         super().__init__()
         if query_update not in ("sum", "replace"):
             raise RisbenchError(f"model.head.query_update must be sum|replace, got {query_update!r}")
+        if iterations < 0:
+            raise RisbenchError(f"model.head.iterations must be >= 0 (0 = the base's own classifier), got {iterations}")
         self.iterations = iterations
         self.query_update = query_update
         self.detach_object = detach_object

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from risbench.config import instantiate_node
 from risbench.errors import MissingFileError, RisbenchError
 from risbench.models.common.attention import explicit_attention
-from risbench.models.m3dec import M3Att, M3Dec, DynamicKernelMaps
+from risbench.models.m3dec import DynamicKernelMaps, M3Att, M3Dec
 from risbench.profiling import count_params
 from tests.helpers import compose_config, sweep_jobs
 

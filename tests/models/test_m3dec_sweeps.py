@@ -5,12 +5,44 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.fixtures import make_tiny_synthref
-from tests.helpers import compose_config, run_cli, sweep_jobs
+from tests.helpers import REPO, compose_config, run_cli, sweep_jobs
+
+PAPER = yaml.safe_load((REPO / "experiments" / "m3dec" / "paper_results.yaml").read_text())["tables"]
 
 # sweep -> jobs at scale=tiny data=synthref (Table IV's dataset sweep collapses to synthref: one per variant)
 SWEEPS = {"m3dec_table1": 12, "m3dec_table2": 5, "m3dec_table3": 3, "m3dec_table4": 2}
+
+
+def test_default_experiments_are_the_paper_recipe():
+    cnn = compose_config(["experiment=m3dec_cnn"])
+    assert cnn.model.vision.timm_name == "darknet53" and cnn.model.text.rnn_type == "gru"
+    assert (cnn.data.img_size, cnn.data.resize, cnn.tokenizer.kind, cnn.tokenizer.max_length) == (416, "letterbox",
+                                                                                                  "glove", 15)
+    assert (cnn.model.decoder.num_layers, cnn.model.decoder.attention, cnn.model.encoder.num_layers) == (3, "shared", 2)
+    assert cnn.model.imi.enabled and cnn.model.lfr.enabled and cnn.model.lfr.weight == 0.1
+    assert (cnn.model.dim, cnn.model.num_heads, cnn.model.mask_decoder.channels) == (256, 8, 512)
+    assert cnn.optim.optimizer._target_ == "torch.optim.Adam" and cnn.optim.optimizer.lr == 5e-3
+    assert list(cnn.optim.scheduler.milestones) == [0.8, 0.9] and cnn.trainer.max_epochs == 50
+    assert cnn.data.batch_size * cnn.trainer.accumulate_grad_batches == 48 and cnn.eval.ckpt_select == "last"
+    assert cnn.optim.param_groups[0].lr_mult == 0.1
+    paper = cnn.eval.paper
+    assert (paper.name, paper.threshold, paper.resolution, paper.prec_op, paper.empty_union_iou, paper.headline) == \
+        ("m3dec", 0.5, "original", ">", 1.0, "mIoU")
+    swin = compose_config(["experiment=m3dec_swin"])
+    assert (swin.data.img_size, swin.data.resize, swin.tokenizer.kind, swin.tokenizer.max_length) == (480, "stretch",
+                                                                                                      "wordpiece", 20)
+    assert swin.model.vision.embed_dim == 128 and swin.model.text.hidden_size == 768 and swin.model.text_proj
+    assert [g.lr_mult for g in swin.optim.param_groups] == [0.01, 0.01]
+
+
+def test_paper_results_rows_are_sweep_jobs():
+    for name in ("table1", "table2", "table3"):
+        jobs = {tuple(sorted(job)) for job in sweep_jobs(f"ablation/m3dec_{name}")}
+        for row in PAPER[name]["rows"]:
+            assert tuple(sorted(f"{k}={v}" for k, v in row["overrides"].items())) in jobs, (name, row["method"])
 
 
 def test_sweep_grids_are_the_papers_rows():

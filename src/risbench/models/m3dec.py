@@ -342,8 +342,6 @@ class M3Dec(RISModel):
     ``encoder`` (the encoder's sentence vector, the GRU's final states) or ``first_token`` ([CLS]).
     """
 
-    profile_exclude = ("text.embed.",)  # a frozen GloVe table is a lookup, not part of the network
-
     def __init__(self, vocab_size: int, img_size: int, max_length: int, vision: nn.Module,
                  text: Callable[..., TextEncoder], text_proj: bool, sentence: str, dim: int, num_heads: int,
                  ffn_dim: int, dropout: float, neck: dict, encoder: dict, decoder: dict, imi: dict, lfr: dict,
@@ -352,9 +350,9 @@ class M3Dec(RISModel):
         if img_size % (2 * NECK_STRIDE):
             raise RisbenchError(f"M3Dec needs an image size divisible by {2 * NECK_STRIDE} (C3 is pooled to "
                                 f"stride {NECK_STRIDE}, C5 upsampled to it), got data.img_size={img_size}")
-        tower_size = getattr(getattr(vision, "patch_embed", None), "img_size", None)
+        tower_size = getattr(getattr(vision, "patch_embed", None), "img_size", None)  # Swin's; Darknet has none
         if tower_size is not None and tuple(tower_size) != (img_size, img_size):
-            raise RisbenchError(f"model.vision.img_size={tuple(tower_size)[0]} but model.img_size={img_size} "
+            raise RisbenchError(f"model.vision.img_size={tower_size[0]} but model.img_size={img_size} "
                                 "(data.img_size): M3Att's Linear(HW, C) fixes one image size per model.\n"
                                 "  how to fix: give both the same value (by default both follow data.img_size)")
         self.img_size, self.max_length = img_size, max_length
@@ -369,6 +367,8 @@ class M3Dec(RISModel):
 
         self.vision = vision
         self.text = text(vocab_size=vocab_size)
+        # mode=profile also counts without the GloVe table (a lookup sized by the vocabulary, frozen)
+        self.profile_exclude = ("text.embed.",) if isinstance(getattr(self.text, "embed", None), nn.Embedding) else ()
         if not text_proj and self.text.out_dim != dim:
             raise RisbenchError(f"the text encoder gives {self.text.out_dim}-d words but model.dim={dim}.\n"
                                 "  how to fix: set model.text_proj=true (Linear + BN + ReLU to model.dim)")

@@ -24,6 +24,12 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, M) True = ignore -> additive (B, 1, 1, M) attention bias: 0 or -inf."""
+    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+    return bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when ``context`` is None, else cross-attention to it."""
 
@@ -80,12 +86,6 @@ class Attention(nn.Module):
             out = attn @ v
         out = out.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))
-
-
-def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, M) True = ignore -> additive (B, 1, 1, M) attention bias: 0 or -inf."""
-    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
-    return bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
 
 
 class MultiheadAttention(nn.Module):

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from risbench.config import instantiate_node
 from risbench.errors import MissingFileError, RisbenchError
 from risbench.models.common.attention import explicit_attention
 from risbench.models.m3dec import DynamicKernelMaps, M3Att, M3Dec
 from risbench.profiling import count_params
+from risbench.tasks.common import build_net
 from tests.helpers import compose_config, sweep_jobs
 
 VOCAB = 50
@@ -34,7 +34,7 @@ def build(model: str = "m3dec_cnn", scale: str = "tiny", overrides=(), seed: int
     OmegaConf.set_struct(cfg, False)
     cfg = OmegaConf.merge(cfg, {"model": nodes})
     torch.manual_seed(seed)
-    return instantiate_node(cfg.model, vocab_size=VOCAB, _convert_="all")
+    return build_net(cfg, VOCAB)
 
 
 def on_meta(*args, **kwargs) -> M3Dec:
@@ -334,7 +334,7 @@ def test_table1_multirun_composes_twelve_distinct_valid_models():
         cfg = compose_config(["experiment=ablation/m3dec_table1", "scale=tiny", "data=synthref", *job])
         layers, attention = cfg.model.decoder.num_layers, cfg.model.decoder.attention
         assert cfg.model.imi.enabled and cfg.model.lfr.enabled
-        net = instantiate_node(cfg.model, vocab_size=VOCAB, _convert_="all")
+        net = build_net(cfg, VOCAB)
         assert len(net.decoder) == layers and {layer.attention for layer in net.decoder} == {attention}
         seen.add((layers, attention))
     assert seen == {(n, a) for n in (1, 2, 3, 4) for a in ("shared", "independent", "generic")}

@@ -34,6 +34,26 @@ def test_stage_maps_equal_timm_on_the_same_weights():
         assert torch.equal(out, ref)
 
 
+def test_grad_checkpointing_changes_no_output_or_gradient():
+    torch.manual_seed(0)
+    tower = DarknetTower(pretrained=False, **SMALL).train()
+    image = torch.randn(2, 3, 64, 64)
+    grads = []
+    for enabled in (False, True):
+        tower.grad_checkpointing = enabled
+        torch.manual_seed(1)
+        outs = tower(image)
+        sum(o.square().sum() for o in outs).backward()
+        grads.append({n: p.grad.clone() for n, p in tower.named_parameters()})
+        tower.zero_grad()
+        if not enabled:
+            reference = [o.detach() for o in outs]
+    for out, ref in zip(outs, reference):
+        assert torch.allclose(out, ref, atol=1e-6)
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-5), name
+
+
 def test_loads_a_timm_checkpoint_with_its_classifier(tmp_path):
     torch.manual_seed(1)
     source = timm.create_model("darknet17", pretrained=False, num_classes=10)  # a full timm model, head included

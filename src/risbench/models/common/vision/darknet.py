@@ -18,6 +18,7 @@ from dataclasses import replace
 import torch
 from timm.models.cspnet import CspNet, model_cfgs
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from risbench.errors import RisbenchError
 from risbench.models.common.weights import load_into, read_state_dict
@@ -47,9 +48,20 @@ class DarknetTower(nn.Module):
         self.dims = [net.feature_info[i]["num_chs"] for i in self.out_indices]
         self.reductions = [net.feature_info[i]["reduction"] for i in self.out_indices]
         self.pretrained, self.checkpoint = pretrained, checkpoint
+        self.grad_checkpointing = False  # model.grad_checkpointing: timm's CSPNet has no switch of its own
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return self.net.forward_intermediates(image, indices=self.out_indices, intermediates_only=True)
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return self.net.forward_intermediates(image, indices=self.out_indices, intermediates_only=True)
+        x = self.net.stem(image)
+        index = len(self.net.stem_feat_ends) - 1                            # the stem output's feature index
+        outs = [x] if index in self.out_indices else []
+        for stage in self.net.stages:                                       # each stage recomputed in backward
+            x = checkpoint(stage, x, use_reentrant=False)
+            index += 1
+            if index in self.out_indices:
+                outs.append(x)
+        return outs
 
     def load_pretrained(self) -> None:
         if not self.checkpoint:

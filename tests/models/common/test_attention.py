@@ -3,7 +3,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from risbench.models.common.attention import Attention, Block, explicit_attention, sinusoidal_positions
+from risbench.models.common.attention import (Attention, Block, MultiheadAttention, explicit_attention,
+                                              sinusoidal_positions)
 
 
 def test_fused_and_explicit_paths_agree_with_padding_mask():
@@ -27,6 +28,23 @@ def test_padded_keys_are_ignored():
     changed = context.clone()
     changed[:, 2:] = 100.0
     torch.testing.assert_close(attention(x, context, pad), attention(x, changed, pad))
+
+
+def test_multihead_attention_equals_torch_on_the_same_weights():
+    torch.manual_seed(0)
+    ours = MultiheadAttention(32, 4).eval()
+    reference = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([ours.q.weight, ours.k.weight, ours.v.weight]))
+        reference.in_proj_bias.copy_(torch.cat([ours.q.bias, ours.k.bias, ours.v.bias]))
+        reference.out_proj.weight.copy_(ours.proj.weight)
+        reference.out_proj.bias.copy_(ours.proj.bias)
+    query, key, value = torch.randn(2, 5, 32), torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+    pad = torch.tensor([[False] * 7, [False] * 3 + [True] * 4])
+    expected = reference(query, key, value, key_padding_mask=pad, need_weights=False)[0]
+    torch.testing.assert_close(ours(query, key, value, key_padding_mask=pad), expected, atol=1e-5, rtol=1e-5)
+    with explicit_attention(ours):
+        torch.testing.assert_close(ours(query, key, value, key_padding_mask=pad), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_record_attention_rows_sum_to_one():

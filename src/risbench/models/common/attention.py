@@ -24,6 +24,12 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def padding_bias(key_padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, M) True = ignore -> additive (B, 1, 1, M) attention bias: 0 or -inf."""
+    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+    return bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when ``context`` is None, else cross-attention to it."""
 
@@ -80,6 +86,44 @@ class Attention(nn.Module):
             out = attn @ v
         out = out.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention over separate query, key and value inputs, as ``nn.MultiheadAttention``.
+
+    For DETR-style layers, where positions are added to queries and keys but not to values (so neither
+    `Attention`'s self- nor its cross-attention form fits). q/k/v/out projections have biases.
+    """
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.attn_drop = attn_drop
+        self.fused_attn = True
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """query (B,N,C), key/value (B,M,C); key_padding_mask (B,M) True = ignore -> (B,N,C)."""
+        B, N, C = query.shape
+        q, k, v = self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value))
+        bias = None if key_padding_mask is None else padding_bias(key_padding_mask, q.dtype)
+        drop = self.attn_drop if self.training else 0.0
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
+            out = F.dropout(attn.softmax(dim=-1), drop) @ v
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
 class Block(nn.Module):

@@ -7,7 +7,8 @@ tokenizer's ``vocab_size``.
 
 * `BertTextEncoder` (bert.py): BERT word features (LAVT, SADLR, LGFormer, M3Dec-Swin);
 * `GloveTransformer` (glove.py): GloVe-initialised words + a small transformer (ReSTR);
-* room for GloVe + bi-GRU (M3Dec-CNN) and BEiT-3's shared text path (Shared-RIS).
+* `GloveRNN` (gru.py): GloVe words + a bidirectional GRU over packed sequences (M3Dec-CNN);
+* room for BEiT-3's shared text path (Shared-RIS).
 """
 
 from __future__ import annotations

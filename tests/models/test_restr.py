@@ -139,7 +139,8 @@ def test_odd_layer_count_rejected_for_two_stack_forms():
 def test_shapes_at_480(cme):
     batch = make_batch(2, 480)
     seen = {}
-    hooks = [block.register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(k, tuple(o.shape[1:])))
+    # each block ends in its activation, whichever order the convolution and the upsample run in
+    hooks = [block[-1].register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(k, tuple(o.shape[1:])))
              for k, block in enumerate(cme.decoder.blocks)]
     with torch.no_grad():
         zv = cme.encode_image(batch["image"])

@@ -1,4 +1,5 @@
-"""Swin tower over timm: per-stage shapes and loading a checkpoint in the official Swin release layout."""
+"""Swin tower over timm: the official pad-then-shift windows, per-stage shapes, and loading a checkpoint in
+the official Swin release layout."""
 
 from __future__ import annotations
 
@@ -6,12 +7,66 @@ import re
 
 import pytest
 import torch
+from timm.models.swin_transformer import SwinTransformerBlock
 
 from risbench.errors import MissingFileError, RisbenchError
-from risbench.models.common.vision.swin import SwinTower
+from risbench.models.common.vision.swin import PadThenShiftBlock, SwinTower
+from tests.official_swin import official_block
 
 TINY = dict(img_size=64, embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4,
             drop_path_rate=0.0)
+
+
+def perturbed_block(cls, size: tuple[int, int], window: int, shift: int, dim: int = 16, heads: int = 2, **kwargs):
+    """A block whose every parameter is random and not small (so a wrong bias, mask or order shows):
+    Linear weights at std fan_in^-0.5, everything else (relative-position table included) at std 1."""
+    torch.manual_seed(0)
+    block = cls(dim=dim, input_resolution=size, num_heads=heads, window_size=window, shift_size=shift, **kwargs)
+    with torch.no_grad():
+        for name, param in block.named_parameters():
+            linear = param.ndim == 2 and "relative_position" not in name
+            param.copy_(torch.randn_like(param) * (param.shape[1] ** -0.5 if linear else 1.0))
+    return block.eval()
+
+
+# grid, window, shift: LAVT's 480 px stage 4 (15 -> 24 padded), a rectangle that pads differently in H and W,
+# a grid equal to the window and one smaller than it (timm would drop the shift / shrink the window there),
+# and a divisible grid (where timm's roll-then-pad order gives the same result)
+CASES = [((15, 15), 12, 6), ((5, 7), 3, 1), ((4, 4), 4, 2), ((2, 2), 4, 0), ((2, 3), 4, 2), ((8, 8), 4, 2)]
+
+
+@pytest.mark.parametrize("size, window, shift", CASES)
+def test_block_is_the_official_pad_then_shift_block(size, window, shift):
+    block = perturbed_block(PadThenShiftBlock, size, window, shift, always_partition=True)
+    assert block.window_size == (window, window) and block.shift_size == (shift, shift)
+    x = torch.randn(2, *size, 16)
+    with torch.no_grad():
+        want = official_block(block, x, window, shift)
+        assert torch.allclose(block(x), want, atol=1e-5)
+        block.attn.fused_attn = not block.attn.fused_attn  # the other attention path computes the same
+        assert torch.allclose(block(x), want, atol=1e-5)
+
+
+# timm's own block: rolls before padding (15x15, 5x7), drops the shift on a grid not larger than the window
+# (4x4); the same as the official block on a divisible grid larger than the window (8x8)
+@pytest.mark.parametrize("size, window, shift, same", [((15, 15), 12, 6, False), ((5, 7), 3, 1, False),
+                                                       ((4, 4), 4, 2, False), ((8, 8), 4, 2, True)])
+def test_timm_block_differs_where_the_grid_is_padded_or_not_larger_than_the_window(size, window, shift, same):
+    ours = perturbed_block(PadThenShiftBlock, size, window, shift, always_partition=True)
+    timm_block = perturbed_block(SwinTransformerBlock, size, window, shift)
+    timm_block.load_state_dict(ours.state_dict())
+    x = torch.randn(2, *size, 16)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), timm_block(x), atol=1e-5) is same
+
+
+def test_small_grids_keep_window_and_shift():
+    """64 px, window 4: stage 3 is 4x4 (still shifted) and stage 4 2x2 (one padded 4x4 window, 7x7 table)."""
+    tower = SwinTower(**TINY, pretrained=False)
+    stage3, stage4 = tower.layers[2], tower.layers[3]
+    assert [b.shift_size for b in stage3.blocks] == [(0, 0), (2, 2)]
+    assert stage4.blocks[0].window_size == (4, 4)
+    assert stage4.blocks[0].attn.relative_position_bias_table.shape == (49, 8)
 
 
 def test_stage_shapes_and_stage_by_stage_iteration():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -40,6 +41,23 @@ def read_state_dict(path: str | Path, what: str, hint: str) -> dict[str, torch.T
     if not isinstance(state, dict):
         raise RisbenchError(f"{what} at {path} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def read_released_checkpoint(path: str | Path, what: str, hint: str) -> dict:
+    """A paper's released training checkpoint as saved (a dict of state dicts, often with the run's
+    ``argparse.Namespace``): ``torch.load(weights_only=True)`` with exactly ``argparse.Namespace`` allowed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError(what, path, hint)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable, or it holds objects other than tensors, containers and a Namespace
+        raise RisbenchError(f"{what} at {path} could not be read safely ({type(exc).__name__}: {exc}).\n"
+                            f"  how to fix: {hint}") from None
+    if not isinstance(checkpoint, dict):
+        raise RisbenchError(f"{what} at {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str,

@@ -4,6 +4,13 @@ Models that fuse language inside the backbone (LAVT) call `SwinTower.embed` and 
 plain backbones call ``forward`` for per-stage feature maps. timm's stage ``s`` is PatchMerging (s > 0)
 followed by the blocks, so "after stage s" is between ``layers[s]`` and ``layers[s + 1]``.
 
+The windows follow the official dense-prediction Swin (Swin-Transformer-Semantic-Segmentation, which LAVT
+and its successors use), not timm's classification defaults: the grid is padded to a multiple of the
+window *before* the cyclic shift (timm rolls, then pads), the shift mask is built on the padded grid, and
+a stage whose grid is not larger than the window keeps its window and its shift (timm shrinks the window
+and drops the shift there, after which official weights no longer fit). Where the grid is a multiple of
+the window the two orders agree, so only those stages compute anything different from timm.
+
 Weights come from the Microsoft release file (e.g. ``swin_base_patch4_window12_384_22k.pth``: ``model``
 state dict, downsampling at the end of each stage, ``relative_position_index``/``attn_mask`` buffers);
 timm's ``checkpoint_filter_fn`` converts that layout (and resizes relative-position tables when the
@@ -15,13 +22,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
+import torch.nn.functional as F
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, checkpoint_filter_fn
 from torch import nn
 
 from risbench.models.common.weights import load_into, read_state_dict
 
 SWIN_HINT = ("download the official Swin release checkpoint (Swin-B: swin_base_patch4_window12_384_22k.pth "
              "from the microsoft/Swin-Transformer releases) to that path, or set model.vision.pretrained=false")
+
+
+class PadThenShiftBlock(SwinTransformerBlock):
+    """timm's block in the official order: pad H, W to a multiple of the window, then timm's shifted-window
+    attention on the padded grid (its own padding is then a no-op and its stored mask is the padded
+    grid's), then crop. Same parameters and buffers as timm's block."""
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        _, H, W, _ = x.shape
+        pad_h, pad_w = (-H) % self.window_size[0], (-W) % self.window_size[1]
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))               # (B, Hp, Wp, C), zeros after norm1
+        return super()._attn(x)[:, :H, :W].contiguous()        # roll, windows, unroll on (Hp, Wp)
 
 
 class SwinTower(nn.Module):
@@ -31,9 +51,13 @@ class SwinTower(nn.Module):
                  num_heads: Sequence[int] = (4, 8, 16, 32), window_size: int = 12, drop_path_rate: float = 0.3,
                  pretrained: bool = True, checkpoint: str | None = None, out_norms: bool = False):
         super().__init__()
+        # always_partition: window and shift as configured at every stage, whatever its grid size
         swin = SwinTransformer(img_size=img_size, embed_dim=embed_dim, depths=tuple(depths),
-                               num_heads=tuple(num_heads), window_size=window_size,
+                               num_heads=tuple(num_heads), window_size=window_size, always_partition=True,
                                drop_path_rate=drop_path_rate, num_classes=0)
+        for stage in swin.layers:
+            for block in stage.blocks:
+                block.__class__ = PadThenShiftBlock  # the same module, official pad-then-shift order
         # keep only what runs: same parameter names as the release checkpoint (patch_embed.*, layers.*)
         self.patch_embed = swin.patch_embed
         self.layers = swin.layers

@@ -1,0 +1,162 @@
+"""``python -m risbench.convert FORMAT CKPT OUT [key=value ...]``: a paper's released checkpoint -> a risbench one.
+
+Formats (one function each in `FORMATS`):
+
+* ``lavt-official`` -- LAVT's released checkpoints (github.com/yz93/LAVT-RIS), both ``lavt`` (BERT saved as
+  ``bert_model``) and ``lavt_one`` (BERT inside the model).
+
+``OUT`` holds what training writes (``{'state_dict': {'net.<key>': ...}, 'risbench': {...}}``), so
+``python -m risbench mode=eval ckpt_path=OUT`` and ``mode=predict ckpt_path=OUT`` take it with the model
+overrides the converter prints. The ``key=value`` arguments are Hydra overrides choosing the model the weights
+go into (default ``model=lavt scale=paper``; ``model=sadlr model/head=none`` = LAVT as SADLR's base); the
+architecture comes from the checkpoint's saved ``args`` where it has them, and any key given here wins.
+Nothing is loaded from a path found inside a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from risbench.errors import RisbenchError
+
+LAVT_TARGET = "risbench.models.lavt.LAVT"
+LAVT_HINT = "pass a checkpoint file of LAVT's code (github.com/yz93/LAVT-RIS, README 'Trained Weights of LAVT')"
+# LAVT's args.dataset / args.splitBy -> the risbench data config evaluating on the same split
+LAVT_DATASETS = {("refcoco", None): "refcoco", ("refcoco+", None): "refcoco_plus",
+                 ("refcocog", "umd"): "refcocog_umd", ("refcocog", "google"): "refcocog_google"}
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    from risbench.config import CONF_DIR
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except HydraException as error:
+        raise RisbenchError(f"the overrides {overrides} do not compose: {error}") from None
+
+
+def override_keys(overrides: list[str]) -> set[str]:
+    return {item.partition("=")[0].lstrip("+~") for item in overrides}
+
+
+def with_defaults(overrides: list[str]) -> list[str]:
+    """The user's overrides, plus ``model=lavt`` and ``scale=paper`` unless they choose otherwise."""
+    keys = override_keys(overrides)
+    return [*(["model=lavt"] if "model" not in keys else []), *(["scale=paper"] if "scale" not in keys else []),
+            *overrides]
+
+
+def lavt_node(cfg: DictConfig) -> str:
+    """Where the LAVT network sits in the composed config: ``model`` or SADLR's ``model.base``."""
+    for path in ("model", "model.base"):
+        if OmegaConf.select(cfg, f"{path}._target_") == LAVT_TARGET:
+            return path
+    raise RisbenchError(f"model {cfg.model._target_} has no LAVT in it; LAVT weights go into model=lavt or "
+                        "model=sadlr model/head=none (LAVT as SADLR's base)")
+
+
+def architecture_overrides(args: argparse.Namespace | None, cfg: DictConfig, given: set[str]) -> list[str]:
+    """``key=value`` overrides for what the checkpoint's ``args`` say and the config does not already have,
+    leaving out every key the user set."""
+    from risbench.models.lavt import official_architecture
+
+    if args is None:
+        return []
+    arch = official_architecture(args)
+    node = lavt_node(cfg)
+    wanted = {**{f"{node}.vision.{key}": value for key, value in arch["vision"].items()},
+              f"{node}.channels": arch["channels"], "data.img_size": arch["img_size"]}
+    out = []
+    for key, value in wanted.items():
+        current = OmegaConf.select(cfg, key)
+        current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
+        if key not in given and current != value:
+            out.append(f"{key}={value}".replace(" ", ""))
+    return out
+
+
+def fit_report(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """None when ``state`` has exactly the keys and shapes of ``expected``, else what differs."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
+                   for key in set(state) & set(expected) if state[key].shape != expected[key].shape)
+    if not (missing or unexpected or wrong):
+        return None
+    return (f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+            f"{len(wrong)} of another shape (checkpoint vs model) {wrong[:3]}")
+
+
+def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]) -> dict:
+    """LAVT release -> risbench checkpoint at ``out``; returns a summary (counts, the eval overrides)."""
+    from risbench.config import instantiate_node
+    from risbench.models.common.weights import read_released_checkpoint
+    from risbench.models.lavt import official_checkpoint_filter_fn
+
+    checkpoint = read_released_checkpoint(checkpoint_path, "LAVT checkpoint", LAVT_HINT)
+    state, dropped = official_checkpoint_filter_fn(checkpoint)
+    args = checkpoint.get("args")
+    overrides = with_defaults(overrides)
+    extra = architecture_overrides(args, compose(overrides), override_keys(overrides))
+    model_overrides = [*overrides, *extra]
+    cfg = compose(model_overrides)
+    vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+        net = instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")
+    prefix = "base." if lavt_node(cfg) == "model.base" else ""
+    state = {f"{prefix}{key}": value for key, value in state.items()}
+    problem = fit_report(state, net.state_dict())
+    if problem:
+        raise RisbenchError(
+            f"the converted {checkpoint_path} does not fit the model built from {model_overrides}: {problem}.\n"
+            "  how to fix: give the checkpoint's architecture as overrides (model.vision.embed_dim, depths, "
+            "num_heads, window_size, model.channels, model.text.*), or model/head=none for SADLR")
+    net.load_state_dict(state, strict=True, assign=True)  # the strict load mode=eval does, on shapes
+    dataset = getattr(args, "dataset", None)
+    data = LAVT_DATASETS.get((dataset, getattr(args, "splitBy", None) if dataset == "refcocog" else None))
+    eval_overrides = [*overrides, *([f"data={data}"] if data else []), *extra]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"net.{key}": value for key, value in state.items()},
+                "risbench": {"name": "lavt-official", "converted_from": checkpoint_path.name,
+                             "model": OmegaConf.to_container(cfg.model, resolve=True), "overrides": eval_overrides}},
+               out)
+    return {"mapped": len(state), "dropped": Counter(dropped.values()), "eval_overrides": eval_overrides}
+
+
+FORMATS = {"lavt-official": convert_lavt_official}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m risbench.convert",
+                                     description="Convert a paper's released checkpoint into a risbench checkpoint.")
+    parser.add_argument("format", choices=sorted(FORMATS), help="what the checkpoint is")
+    parser.add_argument("checkpoint", type=Path, help="the released checkpoint file")
+    parser.add_argument("out", type=Path, help="the risbench checkpoint to write (.ckpt)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the model the weights go into")
+    options = parser.parse_args(argv)
+    try:
+        summary = FORMATS[options.format](options.checkpoint, options.out, options.overrides)
+    except RisbenchError as error:
+        print(f"\nrisbench error: {error}", file=sys.stderr)
+        return 2
+    print(f"{options.checkpoint} -> {options.out}: {summary['mapped']} weights mapped, "
+          f"{sum(summary['dropped'].values())} entries dropped")
+    for reason, count in summary["dropped"].items():
+        print(f"  dropped {count}: {reason}")
+    print(f"evaluate with: python -m risbench mode=eval {' '.join(summary['eval_overrides'])} ckpt_path={options.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,24 +41,33 @@ def multi_scale_deformable_attention(value: torch.Tensor, shapes: Sequence[tuple
     """
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = locations.shape
+    value = value.permute(0, 2, 3, 1).reshape(B * M, D, S)
+    grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5).reshape(B * M, L, P, Q, 2)
+    weights = weights.permute(0, 2, 3, 4, 1).reshape(B * M, L, P, Q)
+    return sample_and_combine(value, shapes, grids, weights, counted).reshape(B, M * D, Q).transpose(1, 2)
+
+
+def sample_and_combine(value: torch.Tensor, shapes: Sequence[tuple[int, int]], grids: torch.Tensor,
+                       weights: torch.Tensor, counted: bool = False) -> torch.Tensor:
+    """The core in the layout that keeps every kernel on long contiguous rows: value (N, D, S), grids
+    (N, L, P, Q, 2) in grid_sample's [-1, 1], weights (N, L, P, Q) -> (N, D, Q), N = batch x heads."""
+    N, D, S = value.shape
+    _, L, P, Q, _ = grids.shape
     if len(shapes) != L or sum(h * w for h, w in shapes) != S:
         raise ValueError(f"deformable attention: {L} levels of shapes {list(shapes)} do not cover {S} values")
-    value = value.permute(0, 2, 3, 1).reshape(B * M, D, S)                   # one copy for every level
-    # grid_sample's coordinates are in [-1, 1]; points before queries so each level's output is (BM, D, P, Q)
-    grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5).reshape(B * M, L, P, Q, 2)
     sampled, start = [], 0
     for level, (h, w) in enumerate(shapes):
-        level_value = value[:, :, start:start + h * w].view(B * M, D, h, w)
+        level_value = value[:, :, start:start + h * w].view(N, D, h, w)
         sampled.append(F.grid_sample(level_value, grids[:, level], mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))                   # (BM, D, P, Q)
+                                     align_corners=False))                  # (N, D, P, Q)
         start += h * w
-    sampled = torch.cat(sampled, dim=2)                                       # (BM, D, L*P, Q)
-    weights = weights.permute(0, 2, 3, 4, 1).reshape(B * M, 1, L * P, Q)
     if counted:
-        out = torch.matmul(sampled.permute(0, 3, 1, 2), weights.permute(0, 3, 2, 1))  # (BM, Q, D, 1)
-        return out.view(B, M, Q, D).transpose(1, 2).reshape(B, Q, M * D)
-    out = (sampled * weights).sum(2)                                          # (BM, D, Q)
-    return out.view(B, M * D, Q).transpose(1, 2)
+        points = torch.cat(sampled, dim=2).permute(0, 3, 1, 2)              # (N, Q, D, L*P)
+        return torch.matmul(points, weights.reshape(N, L * P, Q).permute(0, 2, 1)[..., None])[..., 0].transpose(1, 2)
+    out = (sampled[0] * weights[:, None, 0]).sum(2)                          # level by level: no concatenation
+    for level in range(1, L):
+        out = out + (sampled[level] * weights[:, None, level]).sum(2)
+    return out                                                               # (N, D, Q)
 
 
 def reference_points(shapes: Sequence[tuple[int, int]], device=None, dtype=torch.float32) -> torch.Tensor:
@@ -75,7 +84,9 @@ class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention over ``n_levels`` flattened maps (Deformable DETR's module).
 
     ``forward(query (B,Q,C), reference (B or 1, Q, L, 2) (x, y) in [0, 1], value (B,S,C), shapes)``;
-    the offsets are in pixels of each level (divided by its (W, H)), as in the official module.
+    the offsets are in pixels of each level (divided by its (W, H)), as in the official module, which
+    it computes with fewer passes over small tensors (the scale folded into the offsets' projection, the
+    softmax and the weighted sum along the queries).
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
@@ -110,17 +121,23 @@ class MSDeformAttn(nn.Module):
     def forward(self, query: torch.Tensor, reference: torch.Tensor, value: torch.Tensor,
                 shapes: Sequence[tuple[int, int]], padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, Q, _ = query.shape
-        M, L, P = self.n_heads, self.n_levels, self.n_points
+        M, L, P, D = self.n_heads, self.n_levels, self.n_points, self.d_model // self.n_heads
         if reference.shape[-1] != 2 or reference.shape[-2] != L:
             raise ValueError(f"deformable attention: reference points must be (B, Q, {L}, 2), got "
                              f"{tuple(reference.shape)}")
         v = self.value_proj(value)
         if padding_mask is not None:  # (B, S) True = padding
             v = v.masked_fill(padding_mask[..., None], 0.0)
-        v = v.view(B, v.shape[1], M, self.d_model // M)
-        offsets = self.sampling_offsets(query).view(B, Q, M, L, P, 2)
-        weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1).view(B, Q, M, L, P)
-        size = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)  # (L, 2)
-        locations = reference[:, :, None, :, None, :] + offsets / size[None, None, None, :, None, :]
-        out = multi_scale_deformable_attention(v, shapes, locations, weights, counted=not self.fused_attn)
-        return self.output_proj(out)
+        S = v.shape[1]
+        v = v.view(B, S, M, D).permute(0, 2, 3, 1).reshape(B * M, D, S)
+        # grid = 2 (reference + offset / (W, H)) - 1, with the scale folded into the offsets' projection
+        size = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)       # (L, 2)
+        scale = (2.0 / size)[None, :, None, :].expand(M, L, P, 2).reshape(-1)
+        centre = (2 * reference - 1)[:, :, None, :, None, :].expand(-1, -1, M, L, P, 2).flatten(2)
+        grids = F.linear(query, self.sampling_offsets.weight * scale[:, None], self.sampling_offsets.bias * scale)
+        grids = (grids + centre).view(B, Q, M, L, P, 2).permute(0, 2, 3, 4, 1, 5).reshape(B * M, L, P, Q, 2)
+        # softmax over a head's L x P points, taken with the queries contiguous
+        logits = self.attention_weights(query).view(B, Q, M, L * P).permute(0, 2, 3, 1).reshape(B * M, L * P, Q)
+        weights = logits.softmax(dim=1).view(B * M, L, P, Q)
+        out = sample_and_combine(v, shapes, grids, weights, counted=not self.fused_attn)    # (B*M, D, Q)
+        return self.output_proj(out.reshape(B, M * D, Q).transpose(1, 2))

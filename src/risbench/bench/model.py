@@ -4,7 +4,8 @@ Two ways to run the same weights on the same input:
 
 * ``reference`` -- explicit attention matmuls (the attention matrix is materialised) in fp32, which is how
   the papers' official code computes;
-* ``risbench`` -- ``F.scaled_dot_product_attention`` (fused kernels) under bf16 autocast.
+* ``risbench`` -- ``F.scaled_dot_product_attention`` (fused kernels) under bf16 autocast;
+* ``fp32`` -- the same fused kernels in fp32 (``bench.variants=fp32,risbench``: risbench's own fp32 numbers).
 
 For each it prints forward latency (inference) and train-step latency (forward + backward) at batch
 ``bench.batch_size``, and peak memory: CUDA peak allocation on a GPU, peak resident-set growth on a CPU
@@ -31,6 +32,7 @@ from risbench.models.common.attention import explicit_attention
 from risbench.tasks.profile import dummy_batch
 
 BENCH_DEFAULTS = ["scale=paper", "data=refcoco"]
+VARIANTS = ("reference", "risbench", "fp32")
 
 
 def _config(overrides: list[str]):
@@ -65,6 +67,7 @@ def run_variant(variant: str, overrides: list[str], batch_size: int, repeats: in
     batch = {key: value.to(device) for key, value in
              dummy_batch(batch_size, int(cfg.data.img_size), int(cfg.tokenizer.max_length), vocab_size).items()}
     reference = variant == "reference"
+    bf16 = variant == "risbench"
     # K expressions of each image in a row, as evaluation visits a referent's expressions; only risbench's
     # path is told the images (`image_id`), the reference runs the vision encoder per sample like the papers' code
     image_of = torch.arange(batch_size, device=device) // expressions_per_image
@@ -72,7 +75,7 @@ def run_variant(variant: str, overrides: list[str], batch_size: int, repeats: in
     if not reference:
         batch["image_id"] = image_of.tolist()
     attention = explicit_attention(net) if reference else contextlib.nullcontext()
-    autocast = contextlib.nullcontext() if reference else torch.autocast(device.type, dtype=torch.bfloat16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     rss_before = _peak_rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -110,14 +113,18 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--variant"]:  # child process: run one variant, print JSON
         variant, argv = argv[1], argv[2:]
     options, overrides = split_options(argv, {"bench.batch_size": "1", "bench.repeats": "3",
-                                              "bench.expressions_per_image": "1"})
+                                              "bench.expressions_per_image": "1",
+                                              "bench.variants": "reference,risbench"})
     batch_size, repeats, per_image = (_positive_int(options, key) for key in
                                       ("bench.batch_size", "bench.repeats", "bench.expressions_per_image"))
+    variants = options["bench.variants"].split(",")
+    if not variants or set(variants) - set(VARIANTS):
+        sys.exit(f"risbench error: bench.variants={options['bench.variants']} must be a comma list of {list(VARIANTS)}")
     if variant:
         print(json.dumps(run_variant(variant, overrides, batch_size, repeats, per_image)))
         return
     rows = []
-    for variant in ("reference", "risbench"):
+    for variant in variants:
         child = subprocess.run([sys.executable, "-m", "risbench.bench.model", "--variant", variant, *argv],
                                capture_output=True, text=True)
         if child.returncode != 0:

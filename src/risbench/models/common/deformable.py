@@ -125,19 +125,25 @@ class MSDeformAttn(nn.Module):
         if reference.shape[-1] != 2 or reference.shape[-2] != L:
             raise ValueError(f"deformable attention: reference points must be (B, Q, {L}, 2), got "
                              f"{tuple(reference.shape)}")
-        v = self.value_proj(value)
+        v = self.value_proj(value)                                             # autocast's dtype
         if padding_mask is not None:  # (B, S) True = padding
             v = v.masked_fill(padding_mask[..., None], 0.0)
-        S = v.shape[1]
-        v = v.view(B, S, M, D).permute(0, 2, 3, 1).reshape(B * M, D, S)
-        # grid = 2 (reference + offset / (W, H)) - 1, with the scale folded into the offsets' projection
-        size = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)       # (L, 2)
-        scale = (2.0 / size)[None, :, None, :].expand(M, L, P, 2).reshape(-1)
-        centre = (2 * reference - 1)[:, :, None, :, None, :].expand(-1, -1, M, L, P, 2).flatten(2)
-        grids = F.linear(query, self.sampling_offsets.weight * scale[:, None], self.sampling_offsets.bias * scale)
-        grids = (grids + centre).view(B, Q, M, L, P, 2).permute(0, 2, 3, 4, 1, 5).reshape(B * M, L, P, Q, 2)
-        # softmax over a head's L x P points, taken with the queries contiguous
-        logits = self.attention_weights(query).view(B, Q, M, L * P).permute(0, 2, 3, 1).reshape(B * M, L * P, Q)
-        weights = logits.softmax(dim=1).view(B * M, L, P, Q)
-        out = sample_and_combine(v, shapes, grids, weights, counted=not self.fused_attn)    # (B*M, D, Q)
+        # where to sample, with what weight, and the sampling itself in at least fp32 (a bf16 location is
+        # a quarter pixel off on a 60-wide map); the projections around it follow autocast
+        dtype = torch.promote_types(query.dtype, torch.float32)
+        with torch.autocast(query.device.type, enabled=False):
+            query, S = query.to(dtype), v.shape[1]
+            v = v.to(dtype).view(B, S, M, D).permute(0, 2, 3, 1).reshape(B * M, D, S)
+            # grid = 2 (reference + offset / (W, H)) - 1, the scale folded into the offsets' projection
+            size = torch.tensor([[w, h] for h, w in shapes], dtype=dtype, device=query.device)          # (L, 2)
+            scale = (2.0 / size)[None, :, None, :].expand(M, L, P, 2).reshape(-1)
+            centre = (2 * reference.to(dtype) - 1)[:, :, None, :, None, :].expand(-1, -1, M, L, P, 2).flatten(2)
+            offsets = self.sampling_offsets
+            grids = F.linear(query, offsets.weight.to(dtype) * scale[:, None], offsets.bias.to(dtype) * scale)
+            grids = (grids + centre).view(B, Q, M, L, P, 2).permute(0, 2, 3, 4, 1, 5).reshape(B * M, L, P, Q, 2)
+            # softmax over a head's L x P points, taken with the queries contiguous
+            logits = F.linear(query, self.attention_weights.weight.to(dtype), self.attention_weights.bias.to(dtype))
+            logits = logits.view(B, Q, M, L * P).permute(0, 2, 3, 1).reshape(B * M, L * P, Q)
+            weights = logits.softmax(dim=1).view(B * M, L, P, Q)
+            out = sample_and_combine(v, shapes, grids, weights, counted=not self.fused_attn)  # (B*M, D, Q)
         return self.output_proj(out.reshape(B, M * D, Q).transpose(1, 2))

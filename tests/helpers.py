@@ -46,9 +46,48 @@ def build_model(model: str, vocab_size: int, overrides: list[str] | tuple = (), 
     with the nested dicts ``nodes`` merged into its ``model:`` node (e.g. ``vision={"pretrained": False}``)."""
     from omegaconf import OmegaConf
 
-    from risbench.config import instantiate_node
+    from risbench.tasks.common import build_net
 
     cfg = compose_config([f"model={model}", "scale=paper", *overrides])
     OmegaConf.set_struct(cfg, False)  # the merged nodes may add keys (e.g. explicit ViT dims)
     cfg = OmegaConf.merge(cfg, {"model": nodes})
-    return instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")
+    return build_net(cfg, vocab_size)
+
+
+def ground_truth_masks(ann_dir: Path, split_by: str = "unc") -> dict[int, "np.ndarray"]:
+    """ref_id -> the referent's (H, W) mask, the union of its annotation's parts, straight from the refer files
+    with pycocotools (independent of risbench's loader)."""
+    import json
+    import pickle
+
+    import numpy as np
+    import pycocotools.mask as mask_utils
+
+    instances = json.loads((Path(ann_dir) / "instances.json").read_text())
+    images = {image["id"]: image for image in instances["images"]}
+    anns = {ann["id"]: ann for ann in instances["annotations"]}
+    with open(Path(ann_dir) / f"refs({split_by}).p", "rb") as handle:
+        refs = pickle.load(handle)  # the test's own file
+    masks = {}
+    for ref in refs:
+        ann, image = anns[ref["ann_id"]], images[ref["image_id"]]
+        rles = mask_utils.frPyObjects(ann["segmentation"], image["height"], image["width"])
+        masks[ref["ref_id"]] = mask_utils.decode(rles).max(axis=2).astype(bool)
+    return masks
+
+
+def independent_metrics(predictions: list[dict], truths: dict) -> dict[str, float]:
+    """oIoU, mIoU and n of saved RLE predictions (``eval.save_predictions``) against ``truths``."""
+    import math
+
+    import numpy as np
+    import pycocotools.mask as mask_utils
+
+    inter, union, ious = 0, 0, []
+    for record in predictions:
+        pred = mask_utils.decode({"size": record["size"], "counts": record["counts"].encode()}).astype(bool)
+        truth = truths[record["ref_id"]]
+        i, u = int(np.logical_and(pred, truth).sum()), int(np.logical_or(pred, truth).sum())
+        inter, union = inter + i, union + u
+        ious.append(i / u if u else 0.0)
+    return {"oIoU": inter / union if union else 0.0, "mIoU": math.fsum(ious) / len(ious), "n": float(len(ious))}

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_cli
+from risbench.profiling import count_macs, count_params
+from risbench.tasks.profile import dummy_batch
+from tests.helpers import build_model, ground_truth_masks, independent_metrics, run_cli
 
 SMALL_DATA = ["data.synthref.train_images=40", "data.synthref.val_images=10", "data.synthref.testA_images=10",
               "data.synthref.testB_images=10", "data.num_workers=0"]
-QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+QUICK = ["trainer.max_steps=2", "eval.save_predictions=true"]
 
 
 def cli(tmp_path: Path, data_dir: Path, *args: str, expect_ok: bool = True, small_data: bool = True, **kwargs):
@@ -40,15 +42,25 @@ def trained(tmp_path_factory, data_dir):
     return root, run
 
 
+def assert_metrics_match_the_saved_predictions(run: Path, data_dir: Path) -> None:
+    """results.json's figures equal an independent computation on the run's saved predictions."""
+    summary, truths = results(run), ground_truth_masks(data_dir / "synthref")
+    assert sorted(summary["predictions"]) == [f"predictions/{s}.json" for s in ("testA", "testB", "val")]
+    for split, values in summary["metrics"].items():
+        expected = independent_metrics(json.loads((run / "predictions" / f"{split}.json").read_text()), truths)
+        assert values["n"] == expected["n"] == {"val": 51, "testA": 41, "testB": 40}[split]
+        assert (values["oIoU"], values["mIoU"]) == (expected["oIoU"], expected["mIoU"])  # exact, float64
+
+
 @pytest.mark.slow
-def test_train_writes_results_and_checkpoints(trained):
+def test_train_writes_results_and_checkpoints(trained, data_dir):
     root, run = trained
     summary = results(run)
     assert summary["mode"] == "train" and summary["experiment"] == "default"
-    assert set(summary["metrics"]) == {"val", "testA", "testB"}
-    for split in ("testA", "testB"):
-        assert 0.0 <= summary["metrics"][split]["oIoU"] <= 1.0 and summary["metrics"][split]["n"] > 0
-    assert summary["params"]["total"] > 0 and summary["git_revision"]
+    assert (summary["steps"], summary["planned_steps"], summary["stopped_early"]) == (2, 2, False)
+    assert summary["protocols"]["common"]["name"] == "common" and summary["protocols"]["paper"]["name"] == "sadlr"
+    assert_metrics_match_the_saved_predictions(run, data_dir)
+    assert summary["params"]["total"] == summary["params"]["trainable"]  # tiny: nothing frozen
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -56,11 +68,28 @@ def test_train_writes_results_and_checkpoints(trained):
 def test_eval_of_the_tested_checkpoint_reproduces_the_train_results(trained, data_dir):
     root, run = trained
     tested = results(run)["checkpoint"]
-    cli(root, data_dir, "mode=eval", f"ckpt_path={tested}")
-    evaluation = results(run_dirs(root)[-1])
-    assert evaluation["mode"] == "eval"
-    for split in ("testA", "testB"):
-        assert evaluation["metrics"][split] == results(run)["metrics"][split]
+    cli(root, data_dir, "mode=eval", f"ckpt_path={tested}", "eval.save_predictions=true")
+    evaluation = run_dirs(root)[-1]
+    assert results(evaluation)["mode"] == "eval"
+    assert results(evaluation)["metrics"] == results(run)["metrics"]
+    assert_metrics_match_the_saved_predictions(evaluation, data_dir)
+
+
+@pytest.mark.slow
+def test_the_same_run_twice_gives_identical_metrics(trained, data_dir):
+    root, run = trained
+    cli(root, data_dir, *QUICK, "name=again")
+    assert results(run_dirs(root, "again")[0])["metrics"] == results(run)["metrics"]
+
+
+@pytest.mark.slow
+def test_the_time_guard_says_when_it_stopped_training(tmp_path, data_dir):
+    result = cli(tmp_path, data_dir, "trainer.max_steps=500", "trainer.max_time=00:00:00:01",
+                 "data.max_eval_samples=4")
+    summary = results(run_dirs(tmp_path)[0])
+    assert summary["stopped_early"] is True and summary["steps"] < summary["planned_steps"] == 500
+    assert summary["schedule_fraction"] == round(summary["steps"] / 500, 4)
+    assert "STOPPED EARLY by the time guard" in result.stdout
 
 
 @pytest.mark.slow
@@ -105,11 +134,12 @@ def test_synthref_error_analysis_of_a_checkpoint(trained, data_dir):
 
 @pytest.mark.slow
 def test_resume_from_last_is_exact(tmp_path, data_dir):
-    """Two epochs straight == one epoch, then ``ckpt_path=last`` for the second (weights and optimizer)."""
-    common = ["trainer.limit_train_batches=3", "optim.scheduler=null", "data.max_eval_samples=8"]
-    cli(tmp_path, data_dir, *common, "trainer.max_epochs=2", "name=straight")
-    cli(tmp_path, data_dir, *common, "trainer.max_epochs=1", "name=resumed")
-    cli(tmp_path, data_dir, *common, "trainer.max_epochs=2", "name=resumed", "ckpt_path=last")
+    """Two epochs (6 steps) straight == one epoch, then ``ckpt_path=last`` for the second (weights and optimizer)."""
+    common = ["trainer.limit_train_batches=3", "optim.scheduler=null", "data.max_eval_samples=8", "data.batch_size=16"]
+    cli(tmp_path, data_dir, *common, "trainer.max_steps=6", "name=straight")
+    # interrupted after its first epoch (as the time guard or a crash would leave it)
+    cli(tmp_path, data_dir, *common, "trainer.max_steps=6", "trainer.max_epochs=1", "name=resumed")
+    cli(tmp_path, data_dir, *common, "trainer.max_steps=6", "name=resumed", "ckpt_path=last")
     first, second = run_dirs(tmp_path, "resumed")
     assert results(second)["resumed_from"] == str(first / "checkpoints" / "last.ckpt")
     straight = torch.load(run_dirs(tmp_path, "straight")[0] / "checkpoints" / "last.ckpt", weights_only=True)
@@ -146,7 +176,10 @@ def test_profile_needs_no_data(tmp_path):
     cli(tmp_path, no_data, "mode=profile", "tokenizer.vocab_size=64")
     assert not no_data.exists()
     report = json.loads((run_dirs(tmp_path)[0] / "profile.json").read_text())
-    assert report["macs"] > 0 and report["params"]["total"] > 0
+    # the same numbers as counting the default model built here
+    net = build_model("sadlr", 64, ["scale=tiny"])
+    batch = dummy_batch(1, 64, 20, 64)
+    assert report["params"] == count_params(net) and report["macs"] == count_macs(net, batch)[0]
     assert sum(row["params"] for row in report["by_module"].values()) == report["params"]["total"]
     assert sum(row["gmacs"] for row in report["by_module"].values()) == pytest.approx(report["gmacs"])
 

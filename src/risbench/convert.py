@@ -102,7 +102,7 @@ def fit_report(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
 
 def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]) -> dict:
     """LAVT release -> risbench checkpoint at ``out``; returns a summary (counts, the eval overrides)."""
-    from risbench.config import instantiate_node
+    from risbench.tasks.common import build_net
     from risbench.models.common.weights import read_released_checkpoint
     from risbench.models.lavt import official_checkpoint_filter_fn
 
@@ -115,7 +115,7 @@ def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]
     cfg = compose(model_overrides)
     vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
-        net = instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")
+        net = build_net(cfg, vocab_size)
     prefix = "base." if lavt_node(cfg) == "model.base" else ""
     state = {f"{prefix}{key}": value for key, value in state.items()}
     problem = fit_report(state, net.state_dict())

@@ -1,18 +1,20 @@
-"""Referring-segmentation metrics as one torchmetrics ``Metric`` with sum states (distributed-exact).
+"""Referring-segmentation metrics as one torchmetrics ``Metric`` with integer states (distributed-exact).
 
 Per expression i with prediction P_i and ground truth G_i: I_i = |P_i & G_i|, U_i = |P_i | G_i|.
 
 * ``oIoU`` (overall / cumulative IoU, the headline of most papers) = sum_i I_i / sum_i U_i
-* ``mIoU`` = mean_i I_i / U_i (``empty_union_iou`` when U_i = 0)
+* ``mIoU`` = mean_i I_i / U_i (``empty_union_iou`` when U_i = 0), a correctly rounded sum (``math.fsum``)
 * ``prec@X`` = fraction of expressions with IoU >= X (or > X with ``prec_op=">"``)
 * the same per expression-length bucket, ``len1-2/oIoU``, ... (by-length tables)
 
-Intersections and unions are integer sums, so a split scored over any number of processes gives exactly
-the numbers of a single process (as long as each expression is scored once: see data/samplers.py).
+The states are each expression's integer (I_i, U_i, words), so a split scored over any number of processes,
+in any order, gives exactly the numbers of a single process (as long as each expression is scored once:
+see data/samplers.py), and every figure is computed once, in float64, at the end.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,61 +34,57 @@ class ReferringSegmentationMetrics(Metric):
         self.prec_op = prec_op
         self.empty_union_iou = float(empty_union_iou)
         self.length_buckets = [(int(lo), int(hi)) for lo, hi in (length_buckets or [])]
-        slots = 1 + len(self.length_buckets)  # slot 0 = whole split, then one per bucket
-        self.add_state("intersection", torch.zeros(slots, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("union", torch.zeros(slots, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("iou_sum", torch.zeros(slots, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(slots, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("prec_hits", torch.zeros(slots, len(self.prec_thresholds), dtype=torch.long),
-                       dist_reduce_fx="sum")
-
-    def _bucket_slots(self, num_words: int) -> list[int]:
-        slots = [0]
-        last = len(self.length_buckets) - 1
-        for index, (lo, hi) in enumerate(self.length_buckets):
-            if lo <= num_words and (num_words <= hi or index == last):  # last bucket is open-ended
-                slots.append(index + 1)
-                break
-        return slots
+        for name in ("intersection", "union", "words"):  # one entry per expression
+            self.add_state(name, [], dist_reduce_fx="cat")
 
     def update(self, preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
                num_words: Sequence[int] | torch.Tensor | None = None) -> None:
         """``preds``/``targets``: per-sample boolean masks of equal shape (sizes may differ between samples)."""
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
-        thresholds = torch.tensor(self.prec_thresholds, dtype=torch.float64)
-        for index, (pred, target) in enumerate(zip(preds, targets)):
+        if not len(preds):
+            return
+        for pred, target in zip(preds, targets):
             if pred.shape != target.shape:
                 raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ")
-            pred, target = pred.bool(), target.bool()
-            inter = int((pred & target).sum())
-            union = int((pred | target).sum())
-            iou = inter / union if union else self.empty_union_iou
-            passed = (iou >= thresholds) if self.prec_op == ">=" else (iou > thresholds)
-            words = int(num_words[index]) if num_words is not None else 0
-            for slot in self._bucket_slots(words) if self.length_buckets else [0]:
-                self.intersection[slot] += inter
-                self.union[slot] += union
-                self.iou_sum[slot] += iou
-                self.count[slot] += 1
-                self.prec_hits[slot] += passed.to(self.prec_hits.device)
+        pairs = [(p.bool(), t.bool()) for p, t in zip(preds, targets)]
+        # stacked on the device: no host sync per sample
+        self.intersection.append(torch.stack([(p & t).sum() for p, t in pairs]).long())
+        self.union.append(torch.stack([(p | t).sum() for p, t in pairs]).long())
+        words = num_words if num_words is not None else [0] * len(preds)
+        self.words.append(torch.as_tensor(words, dtype=torch.long, device=self.intersection[-1].device).reshape(-1))
 
-    def _slot_metrics(self, slot: int) -> dict[str, torch.Tensor]:
-        count = self.count[slot].clamp(min=1).double()
-        union = self.union[slot]
-        out = {
-            "oIoU": self.intersection[slot].double() / union.double() if union > 0 else torch.zeros((), dtype=torch.float64),
-            "mIoU": self.iou_sum[slot] / count,
-        }
-        for k, threshold in enumerate(self.prec_thresholds):
-            out[f"prec@{threshold:g}"] = self.prec_hits[slot, k].double() / count
-        out["n"] = self.count[slot].double()
-        return out
+    def _values(self, name: str) -> list[int]:
+        state = getattr(self, name)
+        if isinstance(state, list):
+            state = torch.cat(state) if state else torch.zeros(0, dtype=torch.long)
+        return state.tolist()
+
+    def _bucket(self, num_words: int) -> int | None:
+        """Index of the length bucket holding ``num_words`` (the last bucket is open-ended)."""
+        last = len(self.length_buckets) - 1
+        for index, (lo, hi) in enumerate(self.length_buckets):
+            if lo <= num_words and (num_words <= hi or index == last):
+                return index
+        return None
+
+    def _summary(self, pairs: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        inter, union = sum(i for i, _ in pairs), sum(u for _, u in pairs)
+        ious = [i / u if u else self.empty_union_iou for i, u in pairs]
+        count = max(len(ious), 1)
+        out = {"oIoU": inter / union if union else 0.0, "mIoU": math.fsum(ious) / count}
+        for threshold in self.prec_thresholds:
+            hits = sum((iou >= threshold) if self.prec_op == ">=" else (iou > threshold) for iou in ious)
+            out[f"prec@{threshold:g}"] = hits / count
+        out["n"] = float(len(ious))
+        return {key: torch.tensor(value, dtype=torch.float64) for key, value in out.items()}
 
     def compute(self) -> dict[str, torch.Tensor]:
-        result = self._slot_metrics(0)
+        pairs = list(zip(self._values("intersection"), self._values("union")))
+        result = self._summary(pairs)
+        buckets = [self._bucket(w) for w in self._values("words")]
         for index, (lo, hi) in enumerate(self.length_buckets):
             label = f"len{lo}+" if index == len(self.length_buckets) - 1 else f"len{lo}-{hi}"
-            for key, value in self._slot_metrics(index + 1).items():
-                result[f"{label}/{key}"] = value
+            members = [pair for pair, bucket in zip(pairs, buckets) if bucket == index]
+            result.update({f"{label}/{key}": value for key, value in self._summary(members).items()})
         return result

@@ -1,23 +1,49 @@
+"""The model benchmark's protocol: cells in fresh processes, medians of per-process medians, bench.json."""
+
+import json
+
 import pytest
 
-from risbench.bench.model import main, run_variant
+from risbench.bench.model import main, run_cell, summarise
 
 TINY_RESTR = ["model=restr", "scale=tiny", "data=synthref", "tokenizer.vocab_size=64"]
 
 
-@pytest.mark.parametrize("variant", ["reference", "risbench", "fp32"])
-def test_each_variant_times_forward_and_train_step(variant):
-    row = run_variant(variant, TINY_RESTR, batch_size=4, repeats=1, expressions_per_image=2)
-    assert row["variant"] == variant and row["batch_size"] == 4 and row["img_size"] == 48
-    assert set(row) >= {"forward_ms", "train_step_ms", "peak_memory_mib", "memory_kind"}
+@pytest.mark.parametrize("precision, mode", [("fp32", "forward"), ("bf16", "train_step"), ("fp32", "optimizer_step")])
+def test_a_cell_times_each_iteration_of_its_mode(precision, mode):
+    cell = run_cell(precision, mode, TINY_RESTR, batch_size=2, warmup=1, repeats=3)
+    assert (cell["precision"], cell["mode"], cell["img_size"], cell["batch_size"]) == (precision, mode, 48, 2)
+    assert len(cell["times_ms"]) == 3 and cell["device"] == "cpu"
 
 
-@pytest.mark.parametrize("option", ["bench.expressions_per_image=0", "bench.batch_size=two"])
-def test_bad_bench_option_is_one_line_error(option):
-    with pytest.raises(SystemExit, match=f"{option} must be a whole number >= 1"):
+def test_summary_is_the_median_of_per_process_medians():
+    cells = [{"precision": "fp32", "mode": "forward", "times_ms": times, "peak_memory_mib": peak}
+             for times, peak in (([1, 2, 9], 100), ([4, 5, 6], 300), ([7, 8, 3], 200))]
+    row = summarise(cells, {"forward": 2e9})
+    assert row["process_medians_ms"] == [2, 5, 7] and row["median_ms"] == 5
+    assert (row["min_ms"], row["max_ms"], row["peak_memory_mib"]) == (1, 9, 200)
+    assert row["gmacs"] == 2.0 and row["gmac_per_s"] == pytest.approx(400.0)
+
+
+@pytest.mark.slow
+def test_the_command_writes_every_cell_to_a_new_bench_json(tmp_path):
+    out = tmp_path / "bench"
+    main([*TINY_RESTR, "bench.processes=2", "bench.repeats=2", "bench.warmup=1", "bench.modes=forward,train_step",
+          f"bench.out={out}"])
+    report = json.loads((out / "bench.json").read_text())
+    cells = [(row["precision"], row["mode"]) for row in report["rows"]]
+    assert cells == [("fp32", "forward"), ("fp32", "train_step"), ("bf16", "forward"), ("bf16", "train_step")]
+    assert all(len(row["process_medians_ms"]) == 2 for row in report["rows"])
+    assert report["macs"]["train_step"] > 2 * report["macs"]["forward"]  # backward costs about twice the forward
+    with pytest.raises(FileExistsError):  # an earlier measurement is never written over
+        main([*TINY_RESTR, "bench.processes=1", "bench.repeats=1", f"bench.out={out}"])
+
+
+@pytest.mark.parametrize("option, message", [
+    ("bench.expressions_per_image=0", "must be a whole number >= 1"),
+    ("bench.batch_size=two", "must be a whole number >= 1"),
+    ("bench.modes=forward,inference", "must be a comma-separated subset of forward,train_step"),
+    ("bench.precisions=fp16", "must be a comma-separated subset of fp32,bf16")])
+def test_bad_bench_option_is_one_line_error(option, message):
+    with pytest.raises(SystemExit, match=f"{option} {message}"):
         main([option])
-
-
-def test_unknown_variant_is_one_line_error():
-    with pytest.raises(SystemExit, match="bench.variants=fp16 must be a comma list of"):
-        main(["bench.variants=fp16"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 
-from risbench.config import CONF_DIR
-from tests.helpers import compose_config, sweep_jobs
+from risbench.config import CONF_DIR, check_scale
+from risbench.errors import RisbenchError
+from risbench.tasks.common import build_net
+from tests.helpers import compose_config, run_cli, sweep_jobs
 
 EXPERIMENTS = sorted(str(path.relative_to(CONF_DIR / "experiment").with_suffix(""))
                      for path in (CONF_DIR / "experiment").rglob("*.yaml"))
@@ -18,13 +19,41 @@ def test_there_are_experiments():
     assert "restr_cme" in EXPERIMENTS and any(name.startswith("ablation/") for name in EXPERIMENTS)
 
 
+MODELS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
+
+
+# CPU-size by design (the suite's own benchmark), so paper size has to be asked for
+CPU_SIZE_EXPERIMENTS = {"synthref_leaderboard"}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_at_paper_and_tiny_scale(experiment):
-    paper = compose_config([f"experiment={experiment}"])
+    at_paper = ["scale=paper"] if experiment in CPU_SIZE_EXPERIMENTS else []
+    paper = compose_config([f"experiment={experiment}", *at_paper], with_hydra=True)
     assert paper.scale_name == "paper" and paper.name
-    tiny = compose_config([f"experiment={experiment}", *TINY])
+    choice = paper.hydra.runtime.choices["model_scale"]  # optional: no such file at paper size
+    assert choice.endswith("_paper") and not (CONF_DIR / "model_scale" / f"{choice}.yaml").exists()
+    tiny = compose_config([f"experiment={experiment}", *TINY], with_hydra=True)
+    model = tiny.hydra.runtime.choices["model"]
     assert tiny.scale_name == "tiny" and tiny.data.dataset == "synthref"
-    assert tiny.data.img_size <= paper.data.img_size
+    assert tiny.hydra.runtime.choices["model_scale"] == f"{model}_tiny"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_has_a_cpu_size_file(model):
+    check_scale(model, "tiny")
+
+
+def test_a_model_without_a_tiny_file_fails_at_start_up(tmp_path):
+    with pytest.raises(RisbenchError, match="conf/model_scale/restr_tiny.yaml"):
+        check_scale("restr", "tiny", conf_dir=tmp_path)
+    check_scale("restr", "paper", conf_dir=tmp_path)  # paper size needs no such file
+    (tmp_path / "model").mkdir()  # a new paper's config, without its CPU-size file
+    (tmp_path / "model" / "untiny.yaml").write_text((CONF_DIR / "model" / "lavt.yaml").read_text())
+    result = run_cli([f"hydra.searchpath=[file://{tmp_path}]", "model=untiny", "trainer.fast_dev_run=true",
+                      f"paths.data_dir={tmp_path / 'data'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "conf/model_scale/untiny_tiny.yaml" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
 
 
 SWEEPS = [name for name in EXPERIMENTS if name.startswith("ablation/") and sweep_jobs(name) != [[]]]
@@ -45,7 +74,7 @@ def test_every_sweep_job_builds_its_model_at_tiny_scale(experiment):
             key, value = override.lstrip("+").split("=", 1)
             if key != "data" and "/" not in key:
                 assert str(cfg_select(cfg, key)) == value, (experiment, override)
-        net = instantiate(cfg.model, vocab_size=64, _convert_="all")
+        net = build_net(cfg, 64)
         assert sum(p.numel() for p in net.parameters()) < 20_000_000, "tiny scale should be CPU-sized"
 
 

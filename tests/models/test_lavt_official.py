@@ -25,7 +25,7 @@ from risbench.lit import RISLitModule
 from risbench.losses import resize_logits
 from risbench.models.common.attention import explicit_attention
 from risbench.models.lavt import LAVT
-from risbench.tasks.common import check_checkpoint_matches
+from risbench.tasks.common import build_net, check_checkpoint_matches
 from tests.helpers import build_model, compose_config
 from tests.official_swin import official_block
 
@@ -161,9 +161,8 @@ def test_eval_and_predict_accept_the_converted_checkpoint(converted, vectors):
     path, summary = converted
     assert "data=refcoco" in summary["eval_overrides"]  # from the checkpoint's args.dataset
     cfg = compose_config(summary["eval_overrides"])
-    from risbench.config import instantiate_node
 
-    net = instantiate_node(cfg.model, vocab_size=VOCAB, _convert_="all")
+    net = build_net(cfg, VOCAB)
     lit = RISLitModule(net, optim=cfg.optim, eval_cfg=cfg.eval)
     lit.load_state_dict(check_checkpoint_matches(str(path), lit)["state_dict"])
     check_checkpoint_matches(str(path), torch.nn.ModuleDict({"net": net}))
@@ -372,10 +371,9 @@ def test_paper_size_release_loads_strictly(tmp_path, swin_weights, window, extra
     assert summary["eval_overrides"] == ["model=lavt", "scale=paper", "data=refcoco_plus", *extra]
 
     cfg = compose_config(summary["eval_overrides"])  # what mode=eval builds, on the meta device (no memory)
-    from risbench.config import instantiate_node
 
     with torch.device("meta"):
-        net = instantiate_node(cfg.model, vocab_size=30522, _convert_="all")
+        net = build_net(cfg, 30522)
     lit = RISLitModule(net, optim=cfg.optim, eval_cfg=cfg.eval)
     lit.load_state_dict(check_checkpoint_matches(str(tmp_path / "rc+.ckpt"), lit)["state_dict"], strict=True,
                         assign=True)

@@ -1,104 +1,165 @@
-"""``python -m risbench.bench model [overrides]``: speed and memory of one model, fused vs reference path.
+"""``python -m risbench.bench model [overrides]``: speed and memory of one model, measured like for like.
 
-Two ways to run the same weights on the same input:
+Every cell (precision x mode) runs in ``bench.processes`` fresh processes; each builds the model (random
+weights, paper size by default: ``scale=paper``), runs ``bench.warmup`` untimed and ``bench.repeats``
+timed iterations on the same input, and reports its median; a cell's figure is the median of the
+per-process medians, with the min..max of every timed iteration beside it.
 
-* ``reference`` -- explicit attention matmuls (the attention matrix is materialised) in fp32, which is how
-  the papers' official code computes;
-* ``risbench`` -- ``F.scaled_dot_product_attention`` (fused kernels) under bf16 autocast;
-* ``fp32`` -- the same fused kernels in fp32 (``bench.variants=fp32,risbench``: risbench's own fp32 numbers).
+* precisions: ``fp32`` and ``bf16`` (autocast), the same path in both (risbench's default: fused
+  ``scaled_dot_product_attention``); ``bench.path=reference`` switches every attention to explicit
+  matmuls (what FLOP counters see), for checking FLOP tables, not as the baseline of a speed claim;
+* modes: ``forward`` (eval, no_grad, forward + mask logits), ``train_step`` (train mode, forward + loss +
+  backward) and ``optimizer_step`` (AdamW's step alone, after a backward);
+* memory: CPU = peak resident set of the cell's fresh process (build included), GPU =
+  ``torch.cuda.max_memory_allocated``; GPU times come from CUDA events after a synchronize.
 
-For each it prints forward latency (inference) and train-step latency (forward + backward) at batch
-``bench.batch_size``, and peak memory: CUDA peak allocation on a GPU, peak resident-set growth on a CPU
-(each variant runs in its own subprocess so the peaks do not mix). Default: the paper-size model.
-``bench.expressions_per_image=K`` makes each K consecutive samples one image with K expressions (as
-evaluation visits a referent's expressions): a model whose vision encoder does not see the text (ReSTR)
-then runs it once per image on the risbench path, while the reference runs it per sample.
+MACs (forward, and forward + backward for the train step; `risbench.profiling`, explicit attention) are
+counted once, so each cell also says its rate (GMAC/s). ``bench.json`` goes to ``bench.out`` (default
+``outputs/bench/<model>/<date>_<time>``, a new folder every time). The input is ``dummy_batch``:
+batch ``bench.batch_size`` at ``data.img_size`` with ``tokenizer.max_length`` real tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from risbench.config import CONF_DIR, split_options
+from risbench.config import split_options
 from risbench.models.common.attention import explicit_attention
 from risbench.tasks.profile import dummy_batch
 
 BENCH_DEFAULTS = ["scale=paper", "data=refcoco"]
-VARIANTS = ("reference", "risbench", "fp32")
+PRECISIONS = ("fp32", "bf16")
+MODES = ("forward", "train_step", "optimizer_step")
+OPTIONS = {"bench.batch_size": "1", "bench.warmup": "2", "bench.repeats": "5", "bench.processes": "3",
+           "bench.precisions": ",".join(PRECISIONS), "bench.modes": ",".join(MODES), "bench.path": "risbench",
+           "bench.expressions_per_image": "1", "bench.out": ""}
 
 
 def _config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from risbench.config import CONF_DIR
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=[*BENCH_DEFAULTS, *overrides])
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up (allocator, kernels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / repeats * 1000
-
-
-def run_variant(variant: str, overrides: list[str], batch_size: int, repeats: int,
-                expressions_per_image: int = 1) -> dict:
-    from hydra.utils import instantiate
+def build(overrides: list[str], batch_size: int, expressions_per_image: int, device: torch.device):
+    """The configured model (random weights) and its input batch on ``device``."""
+    from risbench.tasks.common import build_net
 
     cfg = _config(overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vocab_size = int(cfg.tokenizer.vocab_size or 1000)
-    net = instantiate(cfg.model, vocab_size=vocab_size, _convert_="all").to(device)
+    net = build_net(cfg, vocab_size).to(device)
     batch = {key: value.to(device) for key, value in
              dummy_batch(batch_size, int(cfg.data.img_size), int(cfg.tokenizer.max_length), vocab_size).items()}
-    reference = variant == "reference"
-    bf16 = variant == "risbench"
-    # K expressions of each image in a row, as evaluation visits a referent's expressions; only risbench's
-    # path is told the images (`image_id`), the reference runs the vision encoder per sample like the papers' code
+    # K expressions of each image in a row, as evaluation visits a referent's expressions
     image_of = torch.arange(batch_size, device=device) // expressions_per_image
     batch["image"] = batch["image"][image_of]
-    if not reference:
-        batch["image_id"] = image_of.tolist()
-    attention = explicit_attention(net) if reference else contextlib.nullcontext()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    rss_before = _peak_rss_mib()
+    batch["image_id"] = image_of.tolist()
+    return cfg, net, batch
+
+
+class Timer:
+    """Wall time on CPU; CUDA events (after a synchronize) on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        started = time.perf_counter()
+        fn()
+        return (time.perf_counter() - started) * 1000
+
+
+def run_cell(precision: str, mode: str, overrides: list[str], batch_size: int, warmup: int, repeats: int,
+             path: str = "risbench", expressions_per_image: int = 1) -> dict:
+    """One cell in this process: per-iteration times (ms) and this process's peak memory."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with attention:
-        def infer():
-            with torch.no_grad(), autocast:
-                net.eval()
-                net.mask_logits(net(batch))
+        torch.backends.cudnn.benchmark = True
+    cfg, net, batch = build(overrides, batch_size, expressions_per_image, device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-6,
+                                  fused=device.type == "cuda")
 
-        def train_step():
-            net.train()
-            with autocast:
-                loss = net.loss(net(batch), batch)["loss"]
-            loss.backward()
-            net.zero_grad(set_to_none=True)
+    def forward():
+        with torch.no_grad(), autocast:
+            net.mask_logits(net(batch))
 
-        forward_ms = _time(infer, repeats, device)
-        train_ms = _time(train_step, max(1, repeats // 2), device)
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else _peak_rss_mib() - rss_before
-    return {"variant": variant, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "img_size": int(cfg.data.img_size), "batch_size": batch_size, "forward_ms": forward_ms,
-            "train_step_ms": train_ms, "peak_memory_mib": peak,
-            "memory_kind": "CUDA peak allocated" if device.type == "cuda" else "CPU peak RSS growth"}
+    def backward():
+        with autocast:
+            loss = net.loss(net(batch), batch)["loss"]
+        loss.backward()
+
+    def train_step():
+        net.zero_grad(set_to_none=True)
+        backward()
+
+    step = {"forward": forward, "train_step": train_step, "optimizer_step": optimizer.step}[mode]
+    net.train(mode != "forward")
+    if mode == "optimizer_step":
+        backward()  # gradients to step with (kept: every step sees the same ones)
+    timer = Timer(device)
+    with explicit_attention(net) if path == "reference" else contextlib.nullcontext():
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = [timer(step) for _ in range(repeats)]
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"precision": precision, "mode": mode, "times_ms": times, "peak_memory_mib": peak,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "img_size": int(cfg.data.img_size), "batch_size": batch_size}
+
+
+def count_cell_macs(overrides: list[str], batch_size: int, expressions_per_image: int) -> dict:
+    """MACs of one forward and of one forward + backward (train step), counted with explicit attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from risbench.profiling import count_macs
+
+    _, net, batch = build(overrides, batch_size, expressions_per_image, torch.device("cpu"))
+    forward, _ = count_macs(net, batch)
+    counter = FlopCounterMode(display=False)
+    net.train()
+    with explicit_attention(net), counter:
+        net.loss(net(batch), batch)["loss"].backward()
+    return {"forward": forward, "train_step": counter.get_total_flops() // 2}
+
+
+def summarise(cells: list[dict], macs: dict) -> dict:
+    """Median of per-process medians, min..max of every iteration, rate where MACs are known."""
+    first = cells[0]
+    medians = [statistics.median(cell["times_ms"]) for cell in cells]
+    every = [t for cell in cells for t in cell["times_ms"]]
+    row = {"precision": first["precision"], "mode": first["mode"], "median_ms": statistics.median(medians),
+           "min_ms": min(every), "max_ms": max(every), "process_medians_ms": medians,
+           "peak_memory_mib": statistics.median(cell["peak_memory_mib"] for cell in cells)}
+    if first["mode"] in macs:
+        row["gmacs"] = macs[first["mode"]] / 1e9
+        row["gmac_per_s"] = row["gmacs"] / (row["median_ms"] / 1000)
+    return row
 
 
 def _positive_int(options: dict[str, str], key: str) -> int:
@@ -108,41 +169,83 @@ def _positive_int(options: dict[str, str], key: str) -> int:
     return int(value)
 
 
+def _choices(options: dict[str, str], key: str, allowed: tuple[str, ...]) -> list[str]:
+    values = [v for v in options[key].split(",") if v]
+    if not values or any(v not in allowed for v in values):
+        sys.exit(f"risbench error: {key}={options[key]} must be a comma-separated subset of {','.join(allowed)}")
+    return values
+
+
+def parse(argv: list[str]) -> tuple[dict, list[str]]:
+    options, overrides = split_options(argv, OPTIONS)
+    parsed = {key.removeprefix("bench."): _positive_int(options, key) for key in
+              ("bench.batch_size", "bench.warmup", "bench.repeats", "bench.processes", "bench.expressions_per_image")}
+    parsed["precisions"] = _choices(options, "bench.precisions", PRECISIONS)
+    parsed["modes"] = _choices(options, "bench.modes", MODES)
+    parsed["path"] = _choices(options, "bench.path", ("risbench", "reference"))[0]
+    parsed["out"] = options["bench.out"]
+    return parsed, overrides
+
+
+def out_dir(option: str, overrides: list[str]) -> Path:
+    if option:
+        return Path(option)
+    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "default")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return Path("outputs") / "bench" / model / stamp
+
+
 def main(argv: list[str]) -> None:
-    variant = None
-    if argv[:1] == ["--variant"]:  # child process: run one variant, print JSON
-        variant, argv = argv[1], argv[2:]
-    options, overrides = split_options(argv, {"bench.batch_size": "1", "bench.repeats": "3",
-                                              "bench.expressions_per_image": "1",
-                                              "bench.variants": "reference,risbench"})
-    batch_size, repeats, per_image = (_positive_int(options, key) for key in
-                                      ("bench.batch_size", "bench.repeats", "bench.expressions_per_image"))
-    variants = options["bench.variants"].split(",")
-    if not variants or set(variants) - set(VARIANTS):
-        sys.exit(f"risbench error: bench.variants={options['bench.variants']} must be a comma list of {list(VARIANTS)}")
-    if variant:
-        print(json.dumps(run_variant(variant, overrides, batch_size, repeats, per_image)))
+    if argv[:1] == ["--cell"]:  # child process: one cell, JSON on the last line
+        precision, mode, argv = argv[1], argv[2], argv[3:]
+        options, overrides = parse(argv)
+        print(json.dumps(run_cell(precision, mode, overrides, options["batch_size"], options["warmup"],
+                                  options["repeats"], options["path"], options["expressions_per_image"])))
         return
+    if argv[:1] == ["--macs"]:
+        options, overrides = parse(argv[1:])
+        print(json.dumps(count_cell_macs(overrides, options["batch_size"], options["expressions_per_image"])))
+        return
+    options, overrides = parse(argv)
+    folder = out_dir(options["out"], overrides)
+    folder.mkdir(parents=True, exist_ok=False)  # never write over an earlier measurement
+    macs = _child(["--macs", *argv])
     rows = []
-    for variant in variants:
-        child = subprocess.run([sys.executable, "-m", "risbench.bench.model", "--variant", variant, *argv],
-                               capture_output=True, text=True)
-        if child.returncode != 0:
-            sys.exit(f"bench variant {variant} failed:\n{child.stderr[-3000:]}")
-        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    for precision in options["precisions"]:
+        for mode in options["modes"]:
+            cells = [_child(["--cell", precision, mode, *argv]) for _ in range(options["processes"])]
+            rows.append(summarise(cells, macs))
+            print(f"{precision:>5} {mode:<15} {rows[-1]['median_ms']:9.1f} ms", flush=True)
+    report = {"overrides": overrides, "options": options, "macs": macs, "device": cells[0]["device"],
+              "threads": cells[0]["threads"], "img_size": cells[0]["img_size"], "rows": rows,
+              "protocol": "fresh process per cell and repeat; warm-up iterations untimed; median of "
+                          "per-process medians; CPU memory = peak RSS of the process"}
+    (folder / "bench.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"written to {folder / 'bench.json'}")
+
+
+def _child(args: list[str]) -> dict:
+    child = subprocess.run([sys.executable, "-m", "risbench.bench.model", *args], capture_output=True, text=True)
+    if child.returncode != 0:
+        sys.exit(f"bench {' '.join(args[:3])} failed:\n{child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    first = rows[0]
-    table = Table(title=f"{' '.join(overrides) or 'default model'} at {first['img_size']}px, batch "
-                        f"{first['batch_size']} ({per_image} expression(s) per image), {first['device']}")
-    for column in ("path", "forward ms", "train step ms", f"peak MiB ({first['memory_kind']})"):
+    table = Table(title=f"{' '.join(report['overrides']) or 'default model'} at {report['img_size']}px, "
+                        f"{report['device']}, {report['threads']} threads")
+    for column in ("precision", "mode", "median ms", "min..max ms", "GMACs", "GMAC/s", "peak MiB"):
         table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(row["variant"], f"{row['forward_ms']:.1f}", f"{row['train_step_ms']:.1f}",
+    for row in report["rows"]:
+        table.add_row(row["precision"], row["mode"], f"{row['median_ms']:.1f}",
+                      f"{row['min_ms']:.0f}..{row['max_ms']:.0f}", f"{row.get('gmacs', 0):.1f}" if "gmacs" in row
+                      else "-", f"{row['gmac_per_s']:.1f}" if "gmac_per_s" in row else "-",
                       f"{row['peak_memory_mib']:.0f}")
     Console().print(table)
-    print(json.dumps(rows))
 
 
 if __name__ == "__main__":

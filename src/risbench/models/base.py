@@ -27,7 +27,8 @@ A risbench model is an `nn.Module` subclass of `RISModel`:
   original image, thresholds it and scores it.
 
 Optional: ``no_weight_decay() -> set[str]`` of extra parameter names exempt from weight decay (timm
-convention). ``load_pretrained()`` is called once before training: by default it calls ``load_pretrained()``
+convention). `set_grad_checkpointing` (``model.grad_checkpointing=true``) needs nothing from a model whose
+towers come from timm or transformers; a model's own big stacks honour a ``grad_checkpointing`` flag. ``load_pretrained()`` is called once before training: by default it calls ``load_pretrained()``
 of every submodule whose ``pretrained`` flag is set (text encoders, vision towers read their local files).
 The LightningModule never knows which paper it runs.
 """
@@ -57,6 +58,20 @@ class RISModel(nn.Module, ABC):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of the big towers: timm modules (``grad_checkpointing``), Hugging Face
+        models (``activation_checkpointing_enable``) and risbench modules with a ``grad_checkpointing`` flag."""
+        for module in self.modules():
+            if module is self:
+                continue
+            if hasattr(module, "activation_checkpointing_enable"):  # transformers PreTrainedModel
+                if enable:
+                    module.activation_checkpointing_enable({"use_reentrant": False})
+                else:
+                    module.activation_checkpointing_disable()
+            elif isinstance(getattr(module, "grad_checkpointing", None), bool):
+                module.grad_checkpointing = enable
 
     def load_pretrained(self) -> None:
         """Load the local weights of every part whose config asks for them (``pretrained=true``)."""

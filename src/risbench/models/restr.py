@@ -27,6 +27,7 @@ from risbench.errors import RisbenchError
 from risbench.losses import bce_loss, dice_loss, resize_logits
 from risbench.models.base import RISModel, distinct_images
 from risbench.models.common.attention import Block, init_linear
+from risbench.models.common.decoders import upsample_as_is
 from risbench.models.common.text import TextEncoder
 from risbench.models.common.vision.vit import build_vit, load_vit_checkpoint
 
@@ -140,10 +141,14 @@ class CoarseToFineDecoder(nn.Module):
 
     Per-pixel linears are 1x1 convolutions without bias (xavier init, as the code). At 480 px:
     (B,1536,30,30) -> 768@60 -> 384@120 -> 192@240 -> 96@480 -> (B,1,480,480).
+    ``conv_before_upsample``: a per-pixel linear and a bilinear resize commute, so each block can mix
+    channels at the lower resolution first: the same output (up to rounding) for a quarter of the
+    convolution MACs and half the upsampled channels; ``false`` = the paper's order (its FLOP count).
     """
 
-    def __init__(self, in_dim: int, patch_size: int):
+    def __init__(self, in_dim: int, patch_size: int, conv_before_upsample: bool = True):
         super().__init__()
+        self.conv_before_upsample = conv_before_upsample
         num_blocks = int(math.log2(patch_size))
         if 2 ** num_blocks != patch_size:
             raise RisbenchError(f"the coarse-to-fine decoder needs a power-of-two patch size, got {patch_size}")
@@ -158,8 +163,11 @@ class CoarseToFineDecoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
+        for upsample, conv, act in self.blocks:
+            if self.conv_before_upsample:
+                x = act(upsample_as_is(conv(x), upsample))
+            else:
+                x = act(conv(upsample_as_is(x, upsample)))
         return self.out(x)
 
 
@@ -205,7 +213,8 @@ class ReSTR(RISModel):
         self.mask_with = _choice(decoder["mask_with"], ("sigmoid", "logits"), "decoder.mask_with")
         self.visual_skip = _choice(decoder["visual_skip"], ("vit", "projected"), "decoder.visual_skip")
         skip_dim = vision_dim if self.visual_skip == "vit" else dim
-        self.decoder = CoarseToFineDecoder(skip_dim + dim, self.patch_size) if decoder["enabled"] else None
+        self.decoder = (CoarseToFineDecoder(skip_dim + dim, self.patch_size, decoder["conv_before_upsample"])
+                        if decoder["enabled"] else None)
         # the code trains the decoder-free variant on pixel BCE alone (spec 6.11)
         self.patch_weight = self.loss_cfg["patch_weight"] if self.decoder is not None else 0.0
 

@@ -40,10 +40,21 @@ def build_datamodule(cfg: DictConfig):
     return datamodule
 
 
+# keys of the `model:` node that the harness applies to any model instead of passing them to its class
+HARNESS_MODEL_KEYS = ("grad_checkpointing", "compile")
+
+
 def build_net(cfg: DictConfig, vocab_size: int) -> RISModel:
-    net = instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")
+    """The configured model; ``model.grad_checkpointing`` and ``model.compile`` apply to every model."""
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    options = {key: node.pop(key, False) for key in HARNESS_MODEL_KEYS}
+    net = instantiate_node(node, vocab_size=vocab_size, _convert_="all")
     if not isinstance(net, RISModel):
         raise RisbenchError(f"model._target_ {cfg.model._target_} is not a risbench.models.base.RISModel")
+    if options["grad_checkpointing"]:
+        net.set_grad_checkpointing()
+    if options["compile"]:
+        net.compile()  # in place: parameter names (and checkpoints) stay those of the eager model
     return net
 
 
@@ -64,7 +75,9 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True, validates: bool 
     nodes = [node for node in (cfg.get("callbacks") or {}).values() if node is not None] if with_callbacks else []
     callbacks = [instantiate_node(node) for node in nodes if validates or not str(node.get("monitor")).startswith("val/")]
     trainer = instantiate_node(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                          default_root_dir=str(run_dir()))
+                               default_root_dir=str(run_dir()))
+    if trainer.accelerator.__class__.__name__ == "CUDAAccelerator":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
@@ -148,6 +161,25 @@ def write_results(cfg: DictConfig, started: float, **fields) -> Path:
         raise RisbenchError(f"{path} exists already; refusing to overwrite another run's results")
     path.write_text(json.dumps(results, indent=2))
     return path
+
+
+def write_predictions(lit: RISLitModule) -> list[str]:
+    """``predictions/<split>.json`` of a test pass with ``eval.save_predictions`` (gathered over ranks)."""
+    records = lit.predictions
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, records)
+        records = {split: [r for part in gathered for r in part.get(split, [])] for split in records}
+        if torch.distributed.get_rank() != 0:
+            return []
+    if not records:
+        return []
+    folder = run_dir() / "predictions"
+    folder.mkdir(exist_ok=False)
+    for split, rows in records.items():
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    return [f"predictions/{split}.json" for split in records]
 
 
 def print_metrics(metrics: dict[str, dict[str, float]], title: str, cfg: DictConfig,

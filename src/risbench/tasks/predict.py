@@ -8,33 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from risbench.data.datamodule import ReferCollator
 from risbench.data.tokenizers import build_tokenizer
 from risbench.data.transforms import InputTransform, load_rgb
 from risbench.errors import MissingFileError, RisbenchError
 from risbench.evaluation import Protocol
+from risbench.report.overlays import overlay
 from risbench.tasks.common import (build_net, check_checkpoint_matches, log, resolve_ckpt_path, run_dir,
                                    tokenizer_kwargs, write_results)
-
-OVERLAY_COLOUR = np.array([255, 40, 40], np.float32)
-
-
-def overlay(image: Image.Image, mask: np.ndarray, caption: str, alpha: float = 0.5) -> Image.Image:
-    """The mask tinted on the image, with the expression as a caption strip underneath."""
-    pixels = np.asarray(image, np.float32).copy()
-    pixels[mask] = (1 - alpha) * pixels[mask] + alpha * OVERLAY_COLOUR
-    tinted = Image.fromarray(pixels.astype(np.uint8))
-    if tinted.width < 256:  # small images (synthref) upscaled so the caption fits
-        factor = -(-256 // tinted.width)
-        tinted = tinted.resize((tinted.width * factor, tinted.height * factor), Image.NEAREST)
-    strip = 24
-    canvas = Image.new("RGB", (tinted.width, tinted.height + strip), "white")
-    canvas.paste(tinted, (0, 0))
-    ImageDraw.Draw(canvas).text((4, tinted.height + 6), caption, fill="black")
-    return canvas
-
 
 def predict(cfg: DictConfig) -> dict:
     started = time.time()

@@ -10,8 +10,10 @@ from omegaconf import DictConfig
 
 from risbench.errors import RisbenchError
 from risbench.profiling import count_params
+from risbench.report.summary import end_of_run_line
 from risbench.tasks.common import (build_datamodule, build_lit, build_net, build_trainer, log,
-                                   print_metrics, protocols, resolve_ckpt_path, run_dir, write_results)
+                                   print_metrics, protocols, resolve_ckpt_path, run_dir, write_predictions,
+                                   write_results)
 
 
 def selected_checkpoint(trainer: L.Trainer, select: str) -> str | None:
@@ -54,6 +56,7 @@ def train(cfg: DictConfig) -> dict:
     test_ckpt = None if trainer.fast_dev_run else selected_checkpoint(trainer, cfg.eval.ckpt_select)
     trainer.test(lit, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)
     metrics = lit.results
+    predictions = write_predictions(lit)
     if trainer.is_global_zero:
         caption = None
         if progress["stopped_early"] and not trainer.fast_dev_run:
@@ -61,7 +64,8 @@ def train(cfg: DictConfig) -> dict:
                        f"({100 * progress['schedule_fraction']:.0f}% of the schedule)")
         print_metrics(metrics, f"{cfg.name}: test ({cfg.eval.ckpt_select} checkpoint)", cfg, caption)
         path = write_results(cfg, started, metrics=metrics, protocols=protocols(cfg), params=count_params(net),
-                             checkpoint=test_ckpt, resumed_from=resume_from, **progress,
+                             checkpoint=test_ckpt, resumed_from=resume_from, **progress, predictions=predictions,
                              data_stats=getattr(datamodule, "stats", {}))
         log.info("results written to %s", path)
+        print(end_of_run_line(trainer, run_dir()))
     return metrics

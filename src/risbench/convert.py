@@ -146,9 +146,9 @@ LGFORMER_DATASETS = {("refcoco", None): ["data=refcoco"], ("refcoco+", None): ["
 
 def convert_lgformer_official(checkpoint_path: Path, out: Path, overrides: list[str]) -> dict:
     """LGFormer release -> risbench checkpoint at ``out``; returns a summary (counts, the eval overrides)."""
-    from risbench.config import instantiate_node
     from risbench.models import lgformer
     from risbench.models.common.weights import read_released_checkpoint
+    from risbench.tasks.common import build_net
 
     checkpoint = read_released_checkpoint(checkpoint_path, "LGFormer checkpoint", LGFORMER_HINT)
     if not isinstance(checkpoint.get("model"), dict):
@@ -176,7 +176,7 @@ def convert_lgformer_official(checkpoint_path: Path, out: Path, overrides: list[
     cfg = compose(model_overrides)
     vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
-        net = instantiate_node(cfg.model, vocab_size=vocab_size, _convert_="all")
+        net = build_net(cfg, vocab_size)
     problem = fit_report(state, net.state_dict())
     if problem:
         raise RisbenchError(

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from risbench.errors import RisbenchError
 from risbench.evaluation import Protocol
+from risbench.losses import dice_loss
 from risbench.metrics import ReferringSegmentationMetrics
 from risbench.models.common.attention import explicit_attention
 from risbench.models.common.text import masked_mean
@@ -324,6 +325,12 @@ def test_loss_is_eq_12_13_with_pos_weight_summed_over_the_seven_outputs():
     small = F.interpolate(target, size=(16, 16), mode="nearest")
     want = bce_by_hand(out["logits"][:, -1:], small, pos_weight=1.0)
     assert math.isclose(literal.loss(literal(batch), batch)["loss"].item(), want.item(), rel_tol=1e-5)
+    with_dice = tiny(overrides=("model.loss.dice_weight=0.5",))                # the tiny recipe's extra term
+    with_dice.load_state_dict(model.state_dict())
+    parts = with_dice.loss(with_dice(batch), batch)
+    dice = sum(dice_loss(maps[:, k:k + 1], target) for k in range(7))
+    assert math.isclose(parts["dice"].item(), dice.item(), rel_tol=1e-5)
+    assert math.isclose(parts["loss"].item(), sum(terms).item() + 0.5 * dice.item(), rel_tol=1e-5)
 
 
 def test_loss_decreases_on_a_fixed_batch_and_every_parameter_learns():

@@ -35,9 +35,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from risbench.errors import RisbenchError
-from risbench.losses import bce_loss
+from risbench.losses import bce_loss, dice_loss
 from risbench.models.base import RISModel
 from risbench.models.common.attention import MultiheadAttention, sine_positions_2d
 from risbench.models.common.deformable import MSDeformAttn, reference_points
@@ -71,7 +72,7 @@ class BidirectionalAttention(nn.Module):
     ``softmax_HW(A^T) IN(x W^T + b) = ((softmax_HW(A^T) x) W^T + b - (mean(x) W^T + b)) / sigma`` with sigma^2
     the diagonal of ``W cov(x) W^T`` (+ eps): the same numbers for (HW + C_l) C^2 instead of HW C C_l
     multiply-adds and no (HW, C_l) tensor (at 480 px stage 1: 0.25 instead of 1.42 GMACs, 11M values never
-    normalised; 1.6 GMACs less over the stages). The bias cancels (zero gradient, as the code's
+    normalised; 1.8 GMACs less over the four stages). The bias cancels (zero gradient, as the code's
     InstanceNorm gives it).
     """
 
@@ -272,6 +273,7 @@ class PixelDecoder(nn.Module):
                  mask_features: str = "fpn", norm_groups: int = 32, fp32: bool = True):
         super().__init__()
         self.fp32 = fp32
+        self.grad_checkpointing = False  # recompute each layer in the backward (model.grad_checkpointing)
         check_choice("model.pixel_decoder.l2va_text", l2va_text, ("word", "sentence"))
         check_choice("model.pixel_decoder.mask_features", mask_features, ("fpn", "upsample"))
         if dim % norm_groups:
@@ -339,7 +341,10 @@ class PixelDecoder(nn.Module):
         reference = reference[None, :, None].expand(1, -1, self.NUM_LEVELS, -1)    # same point on every level
         keys, key_pos, key_padding = self.text_keys(text, word_mask) if self.l2va_text else (None, None, None)
         for layer in self.layers:
-            x = layer(x, pos, reference, shapes, keys, key_pos, key_padding)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, pos, reference, shapes, keys, key_pos, key_padding, use_reentrant=False)
+            else:
+                x = layer(x, pos, reference, shapes, keys, key_pos, key_padding)
         maps = [t.transpose(1, 2).reshape(B, dim, h, w)
                 for t, (h, w) in zip(x.split([h * w for h, w in shapes], dim=1), shapes)]  # P32, P16, P8
         y = resize(maps[-1], feats[0].shape[-2:])
@@ -439,7 +444,7 @@ class LGFormer(RISModel):
         mask_dim = self.pixel_decoder.mask_features.out_channels
         self.decoder = PrototypeGenerator(text_dim, dim, **decoder)
         self.head = DynamicKernelHead(text_dim, mask_dim, self.decoder.query_pos.num_embeddings, **head)
-        defaults = {"pos_weight": 1.1, "deep_supervision": True, "resolution": "input"}
+        defaults = {"pos_weight": 1.1, "deep_supervision": True, "resolution": "input", "dice_weight": 0.0}
         unknown = sorted(set(loss) - set(defaults))
         if unknown:
             raise RisbenchError(f"model.loss has unknown keys {unknown}; known: {sorted(defaults)}")
@@ -458,7 +463,8 @@ class LGFormer(RISModel):
 
     def loss(self, outputs: dict, batch: dict) -> dict:
         """BCE (pos_weight) of every decoder output, summed (``deep_supervision``), at the input size with the
-        logits upsampled, or at stride 4 with the ground truth nearest-downsampled (Eq. 13)."""
+        logits upsampled, or at stride 4 with the ground truth nearest-downsampled (Eq. 13); plus
+        ``dice_weight`` x soft Dice per map (0 in the paper)."""
         cfg = self.loss_cfg
         logits = outputs["logits"].float()
         logits = logits if cfg["deep_supervision"] else logits[:, -1:]
@@ -468,8 +474,13 @@ class LGFormer(RISModel):
         else:
             target = F.interpolate(target, size=logits.shape[-2:], mode="nearest")
         # each map's mean BCE, summed over the maps = the mean over all of them times their number
-        bce = bce_loss(logits, target.expand_as(logits), cfg["pos_weight"]) * logits.shape[1]
-        return {"loss": bce}
+        maps = logits.shape[1]
+        bce = bce_loss(logits, target.expand_as(logits), cfg["pos_weight"]) * maps
+        if not cfg["dice_weight"]:
+            return {"loss": bce}
+        # a soft Dice term per map: a from-scratch recipe knob (scale=tiny), not the paper's loss
+        dice = dice_loss(logits.flatten(0, 1)[:, None], target.expand_as(logits).flatten(0, 1)[:, None]) * maps
+        return {"loss": bce + cfg["dice_weight"] * dice, "bce": bce.detach(), "dice": dice.detach()}
 
     def mask_logits(self, outputs: dict) -> torch.Tensor:
         return resize(outputs["logits"][:, -1:].float(), outputs["size"])      # (B, 1, H, W)

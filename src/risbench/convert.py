@@ -4,6 +4,8 @@ Formats (one function each in `FORMATS`):
 
 * ``lavt-official`` -- LAVT's released checkpoints (github.com/yz93/LAVT-RIS), both ``lavt`` (BERT saved as
   ``bert_model``) and ``lavt_one`` (BERT inside the model).
+* ``lgformer-official`` -- LGFormer's released checkpoints (github.com/ZhichaoWei/LGFormer: ``model_referit``,
+  ``model_refcoco``, ``model_refcoco+``, ``model_refcocog``), BERT inside the model; default ``model=lgformer``.
 
 ``OUT`` holds what training writes (``{'state_dict': {'net.<key>': ...}, 'risbench': {...}}``), so
 ``python -m risbench mode=eval ckpt_path=OUT`` and ``mode=predict ckpt_path=OUT`` take it with the model
@@ -134,7 +136,66 @@ def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]
     return {"mapped": len(state), "dropped": Counter(dropped.values()), "eval_overrides": eval_overrides}
 
 
-FORMATS = {"lavt-official": convert_lavt_official}
+LGFORMER_HINT = ("pass a checkpoint file of LGFormer's code (github.com/ZhichaoWei/LGFormer, README "
+                 "'Pretrained weights')")
+# LGFormer's args.dataset / args.splitBy -> the risbench data config evaluating on the same split
+LGFORMER_DATASETS = {("refcoco", None): ["data=refcoco"], ("refcoco+", None): ["data=refcoco_plus"],
+                     ("refcocog", "umd"): ["data=refcocog_umd"], ("refcocog", "google"): ["data=refcocog_google"],
+                     ("refclef", None): ["data=referit", "data.split_by=unc"]}
+
+
+def convert_lgformer_official(checkpoint_path: Path, out: Path, overrides: list[str]) -> dict:
+    """LGFormer release -> risbench checkpoint at ``out``; returns a summary (counts, the eval overrides)."""
+    from risbench.models import lgformer
+    from risbench.models.common.weights import read_released_checkpoint
+    from risbench.tasks.common import build_net
+
+    checkpoint = read_released_checkpoint(checkpoint_path, "LGFormer checkpoint", LGFORMER_HINT)
+    if not isinstance(checkpoint.get("model"), dict):
+        raise RisbenchError(f"{checkpoint_path} is not an LGFormer checkpoint: it has no 'model' state dict "
+                            f"(keys: {sorted(checkpoint)[:6]}).\n  how to fix: {LGFORMER_HINT}")
+    overrides = [*(["model=lgformer"] if "model" not in override_keys(overrides) else []), *overrides]
+    overrides = [*(["scale=paper"] if "scale" not in override_keys(overrides) else []), *overrides]
+    cfg = compose(overrides)
+    if cfg.model._target_ != "risbench.models.lgformer.LGFormer":
+        raise RisbenchError(f"LGFormer weights go into model=lgformer, not {cfg.model._target_}")
+    state, dropped = lgformer.convert_lgformer_official(checkpoint,
+                                                        keep_last_gates=cfg.model.encoder.get("out") == "updated")
+    args = checkpoint.get("args")
+    extra = []
+    if args is not None:
+        arch = lgformer.official_architecture(args)
+        wanted = {**{f"model.vision.{key}": value for key, value in arch["vision"].items()},
+                  "data.img_size": arch["img_size"]}
+        for key, value in wanted.items():
+            current = OmegaConf.select(cfg, key)
+            current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
+            if key not in override_keys(overrides) and current != value:
+                extra.append(f"{key}={value}".replace(" ", ""))
+    model_overrides = [*overrides, *extra]
+    cfg = compose(model_overrides)
+    vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+        net = build_net(cfg, vocab_size)
+    problem = fit_report(state, net.state_dict())
+    if problem:
+        raise RisbenchError(
+            f"the converted {checkpoint_path} does not fit the model built from {model_overrides}: {problem}.\n"
+            "  how to fix: give the checkpoint's architecture as overrides (model.vision.*, model.text.*, "
+            "model.pixel_decoder.*, model.decoder.*)")
+    net.load_state_dict(state, strict=True, assign=True)  # the strict load mode=eval does, on shapes
+    dataset = getattr(args, "dataset", None)
+    data = LGFORMER_DATASETS.get((dataset, getattr(args, "splitBy", None) if dataset == "refcocog" else None), [])
+    eval_overrides = [*overrides, *data, *extra]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"net.{key}": value for key, value in state.items()},
+                "risbench": {"name": "lgformer-official", "converted_from": checkpoint_path.name,
+                             "model": OmegaConf.to_container(cfg.model, resolve=True), "overrides": eval_overrides}},
+               out)
+    return {"mapped": len(state), "dropped": Counter(dropped.values()), "eval_overrides": eval_overrides}
+
+
+FORMATS = {"lavt-official": convert_lavt_official, "lgformer-official": convert_lgformer_official}
 
 
 def main(argv: list[str] | None = None) -> int:

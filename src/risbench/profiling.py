@@ -2,6 +2,8 @@
 
 MACs = multiply-adds counted once = ``torch.utils.flop_counter`` FLOPs / 2 (the convention of fvcore
 and of most papers' "FLOPs"). Counted inside `explicit_attention`, so attention matmuls are included.
+``grid_sample`` (deformable attention's sampling) has no formula in torch: one is registered here, the taps
+of its interpolation per output value and channel (bilinear 4 MACs, bicubic 16, nearest 0); see `MAC_NOTES`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,24 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from risbench.models.common.attention import explicit_attention
+
+MAC_NOTES = ("MACs = FLOPs / 2 of torch's FlopCounterMode with explicit attention (matmuls, convolutions, "
+             "linears); grid_sample = its interpolation taps per output value and channel (bilinear: 4); "
+             "elementwise ops, norms and softmax are not counted")
+GRID_SAMPLE_TAPS = {0: 4, 1: 0, 2: 16}  # aten interpolation_mode: bilinear, nearest, bicubic
+
+
+def _grid_sample_flop(input_shape, grid_shape, interpolation_mode, *args, out_shape=None, **kwargs) -> int:
+    """(N, C, H_out, W_out) outputs, each a weighted sum of its interpolation taps: 2 FLOPs per tap."""
+    n, c, h, w = out_shape
+    return 2 * GRID_SAMPLE_TAPS.get(int(interpolation_mode), 4) * n * c * h * w
+
+
+if torch.ops.aten.grid_sampler_2d not in flop_registry:
+    register_flop_formula(torch.ops.aten.grid_sampler_2d)(_grid_sample_flop)
 
 
 def count_params(model: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, int]:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from risbench.data.tokenizers import build_tokenizer
 from risbench.errors import RisbenchError
-from risbench.profiling import count_macs, count_params, params_by_module
+from risbench.profiling import MAC_NOTES, count_macs, count_params, params_by_module
 from risbench.tasks.common import build_net, log, run_dir, tokenizer_kwargs, write_results
 
 
@@ -56,6 +56,7 @@ def profile(cfg: DictConfig) -> dict:
         "params_excluding": {"prefixes": list(exclude), **count_params(net, exclude)} if exclude else None,
         "macs": macs,
         "gmacs": macs / 1e9,
+        "mac_convention": MAC_NOTES,
         "by_module": {name: {"params": params_of.get(name, 0), "gmacs": macs_by_module.get(name, 0) / 1e9}
                       for name in {**params_of, **macs_by_module}},
     }
@@ -79,6 +80,7 @@ def print_profile(report: dict) -> None:
     for name, row in report["by_module"].items():
         table.add_row(name, f"{row['params'] / 1e6:.3f}", f"{row['gmacs']:.3f}")
     Console().print(table)
+    Console().print(report["mac_convention"])
     if report["params_excluding"]:
         excl = report["params_excluding"]
         Console().print(f"params excluding {excl['prefixes']}: {excl['total'] / 1e6:.3f}M")

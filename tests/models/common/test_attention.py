@@ -1,10 +1,12 @@
+import math
+
 import pytest
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from risbench.models.common.attention import (Attention, Block, MultiheadAttention, explicit_attention,
-                                              sinusoidal_positions)
+                                              sine_positions_2d, sinusoidal_positions)
 
 
 def test_fused_and_explicit_paths_agree_with_padding_mask():
@@ -28,23 +30,6 @@ def test_padded_keys_are_ignored():
     changed = context.clone()
     changed[:, 2:] = 100.0
     torch.testing.assert_close(attention(x, context, pad), attention(x, changed, pad))
-
-
-def test_multihead_attention_equals_torch_on_the_same_weights():
-    torch.manual_seed(0)
-    ours = MultiheadAttention(32, 4).eval()
-    reference = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
-    with torch.no_grad():
-        reference.in_proj_weight.copy_(torch.cat([ours.q.weight, ours.k.weight, ours.v.weight]))
-        reference.in_proj_bias.copy_(torch.cat([ours.q.bias, ours.k.bias, ours.v.bias]))
-        reference.out_proj.weight.copy_(ours.proj.weight)
-        reference.out_proj.bias.copy_(ours.proj.bias)
-    query, key, value = torch.randn(2, 5, 32), torch.randn(2, 7, 32), torch.randn(2, 7, 32)
-    pad = torch.tensor([[False] * 7, [False] * 3 + [True] * 4])
-    expected = reference(query, key, value, key_padding_mask=pad, need_weights=False)[0]
-    torch.testing.assert_close(ours(query, key, value, key_padding_mask=pad), expected, atol=1e-5, rtol=1e-5)
-    with explicit_attention(ours):
-        torch.testing.assert_close(ours(query, key, value, key_padding_mask=pad), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_record_attention_rows_sum_to_one():
@@ -85,3 +70,44 @@ def test_sinusoidal_positions():
     table = sinusoidal_positions(20, 300)
     assert table.shape == (20, 300)
     torch.testing.assert_close(table[0, :6], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("kdim", [16, 24])
+def test_multihead_attention_is_torch_multihead_attention(kdim):
+    """Equal widths (torch packs in_proj_weight) and different ones (separate q/k/v_proj_weight)."""
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(16, 4, kdim=kdim, vdim=kdim, batch_first=True).eval()
+    for p in ref.parameters():
+        p.data.normal_()
+    ours = MultiheadAttention(16, 4, kdim=kdim, vdim=kdim)
+    if kdim == 16:
+        weights = ref.in_proj_weight.chunk(3)
+    else:
+        weights = [ref.q_proj_weight, ref.k_proj_weight, ref.v_proj_weight]
+    for proj, weight, bias in zip((ours.q_proj, ours.k_proj, ours.v_proj), weights, ref.in_proj_bias.chunk(3)):
+        proj.weight.data.copy_(weight)
+        proj.bias.data.copy_(bias)
+    ours.out_proj.load_state_dict(ref.out_proj.state_dict())
+    query, key, value = torch.randn(2, 5, 16), torch.randn(2, 7, kdim), torch.randn(2, 7, kdim)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, 4:] = True
+    want = ref(query, key, value, key_padding_mask=padding)[0]
+    assert torch.allclose(ours(query, key, value, padding), want, atol=1e-5)
+    ours.fused_attn = False
+    assert torch.allclose(ours(query, key, value, padding), want, atol=1e-5)
+    changed = value.clone()
+    changed[1, 4:] += 100.0  # padded keys contribute nothing
+    assert torch.allclose(ours(query, key, changed, padding), want, atol=1e-5)
+
+
+def test_sine_positions_2d_are_detrs_normalised_sine():
+    h, w, dim = 3, 5, 8
+    pos = sine_positions_2d(h, w, dim).view(h, w, dim)
+    half, scale = dim // 2, 2 * math.pi
+    for i, j in ((0, 0), (2, 4), (1, 3)):
+        y, x = (i + 1) / (h + 1e-6) * scale, (j + 1) / (w + 1e-6) * scale
+        for k in range(half):
+            freq = 10000 ** (2 * (k // 2) / half)
+            trig = math.sin if k % 2 == 0 else math.cos
+            assert pos[i, j, k].item() == pytest.approx(trig(y / freq), abs=1e-6)         # rows first
+            assert pos[i, j, half + k].item() == pytest.approx(trig(x / freq), abs=1e-6)  # then columns

@@ -1,4 +1,4 @@
-"""BERT text encoder: shapes, LAVT's trainable subset, loading a local Hugging Face directory."""
+"""BERT text encoder: shapes, LAVT's and LGFormer's trainable subsets, loading a local Hugging Face directory."""
 
 from __future__ import annotations
 
@@ -54,6 +54,15 @@ def test_lavt_trains_only_encoder_layers_before_the_last_two():
                             num_heads=2, intermediate_size=16)
     layers = {int(n.split(".")[3]) for n in trainable_names(enc12)}
     assert layers == set(range(10))
+
+
+def test_encoder_mode_trains_every_encoder_layer_and_no_embedding():
+    enc12 = BertTextEncoder(VOCAB, pretrained=False, trainable="encoder", num_layers=12, hidden_size=16,
+                            num_heads=2, intermediate_size=16)
+    names = trainable_names(enc12)
+    assert all(name.startswith("bert.encoder.layer.") for name in names)
+    assert {int(n.split(".")[3]) for n in names} == set(range(12))  # LGFormer's optimizer: all 12 layers
+    assert not any(p.requires_grad for p in enc12.bert.embeddings.parameters())
 
 
 @pytest.mark.parametrize("mode, expected", [("all", True), ("none", False)])

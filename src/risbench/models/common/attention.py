@@ -89,41 +89,47 @@ class Attention(nn.Module):
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention over separate query, key and value inputs, as ``nn.MultiheadAttention``.
+    """``nn.MultiheadAttention``'s maths, batch-first, with separate query, key and value inputs of their own
+    widths (Mask2Former-style layers add positions to the query and key but not to the value).
 
-    For DETR-style layers, where positions are added to queries and keys but not to values (so neither
-    `Attention`'s self- nor its cross-attention form fits). q/k/v/out projections have biases.
+    ``forward(query (B,N,C), key (B,M,kdim), value (B,M,vdim), key_padding_mask (B,M) True = ignore)``;
+    ``attn_drop`` drops attention weights while training (M3Dec's layers).
+    ``q_proj``/``k_proj``/``v_proj`` are the three parts of torch's ``in_proj_weight``/``in_proj_bias``
+    (or its ``q/k/v_proj_weight`` when the widths differ); ``out_proj`` is the same.
     """
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, kdim: int | None = None, vdim: int | None = None,
+                 attn_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(kdim or dim, dim)
+        self.v_proj = nn.Linear(vdim or dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
         self.fused_attn = True
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
-        return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
+        return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)   # (B, heads, N, head_dim)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """query (B,N,C), key/value (B,M,C); key_padding_mask (B,M) True = ignore -> (B,N,C)."""
         B, N, C = query.shape
-        q, k, v = self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value))
-        bias = None if key_padding_mask is None else padding_bias(key_padding_mask, q.dtype)
+        q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, M)
         drop = self.attn_drop if self.training else 0.0
         if self.fused_attn:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=drop)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                attn = attn + bias
+            attn = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+            if keep is not None:
+                attn = attn.masked_fill(~keep, float("-inf"))
             out = F.dropout(attn.softmax(dim=-1), drop) @ v
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+        return self.out_proj(out.transpose(1, 2).reshape(B, N, C))
 
 
 class Block(nn.Module):
@@ -210,4 +216,21 @@ def grid_positions(h: int, w: int, dim: int) -> torch.Tensor:
     """2-D sine/cosine positions (h*w, dim): half the channels encode the row, half the column."""
     rows = sinusoidal_positions(h, dim // 2)[:, None].expand(h, w, dim // 2)
     cols = sinusoidal_positions(w, dim // 2)[None].expand(h, w, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(h * w, dim)
+
+
+def sine_positions_2d(h: int, w: int, dim: int, temperature: float = 10000.0, device=None) -> torch.Tensor:
+    """DETR / Mask2Former's normalised sine positions of an (h, w) map (``PositionEmbeddingSine(dim // 2,
+    normalize=True)``): (h*w, dim), the first half encoding the row, the second the column."""
+    half = dim // 2
+    eps, scale = 1e-6, 2 * torch.pi
+    y = torch.arange(1, h + 1, dtype=torch.float32, device=device) / (h + eps) * scale
+    x = torch.arange(1, w + 1, dtype=torch.float32, device=device) / (w + eps) * scale
+    freq = temperature ** (2 * (torch.arange(half, dtype=torch.float32, device=device) // 2) / half)
+
+    def encode(t: torch.Tensor) -> torch.Tensor:  # (n,) -> (n, half): sin on even channels, cos on odd
+        angles = t[:, None] / freq
+        return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
+
+    rows, cols = encode(y)[:, None].expand(h, w, half), encode(x)[None].expand(h, w, half)
     return torch.cat([rows, cols], dim=-1).reshape(h * w, dim)

@@ -31,7 +31,8 @@ class BertTextEncoder(TextEncoder):
     """``(tokens, attention_mask) -> (last_hidden_state (B,T,hidden), masked mean of it (B,hidden))``.
 
     ``trainable``: ``all``; ``none``; ``lavt`` = LAVT's optimizer, which only holds encoder layers 0-9 of
-    12: the embeddings and the last two layers stay at their pretrained values (they still run).
+    12: the embeddings and the last two layers stay at their pretrained values (they still run);
+    ``encoder`` = every encoder layer, the embeddings left out (LGFormer's optimizer).
     """
 
     FROZEN_TAIL_LAYERS = 2  # LAVT: layers 10 and 11 of 12 are not optimised
@@ -41,8 +42,8 @@ class BertTextEncoder(TextEncoder):
                  intermediate_size: int | None = None, max_positions: int = 512, trainable: str = "lavt",
                  dropout: float = 0.1):
         super().__init__()
-        if trainable not in ("lavt", "all", "none"):
-            raise ValueError(f"model.text.trainable must be lavt|all|none, got {trainable!r}")
+        if trainable not in ("lavt", "all", "none", "encoder"):
+            raise ValueError(f"model.text.trainable must be lavt|all|none|encoder, got {trainable!r}")
         self.pretrained = pretrained
         self.pretrained_path = pretrained_path
         self.out_dim = hidden_size
@@ -60,6 +61,8 @@ class BertTextEncoder(TextEncoder):
         elif trainable == "lavt":
             layers = self.bert.encoder.layer
             frozen = [self.bert.embeddings, *layers[max(len(layers) - self.FROZEN_TAIL_LAYERS, 0):]]
+        elif trainable == "encoder":
+            frozen = [self.bert.embeddings]
         for module in frozen:
             module.requires_grad_(False)
 

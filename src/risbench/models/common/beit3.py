@@ -190,7 +190,7 @@ class MultiwayEncoder(nn.Module):
         self.embed_positions = nn.Module()
         self.embed_positions.A = nn.Embedding(num_vision_positions, dim)
         self.embed_positions.B = nn.Embedding(max_text_positions, dim)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [0.0]
+        rates = [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0]
         self.layers = nn.ModuleList(MultiwayLayer(dim, num_heads, mlp_dim, rate, eps) for rate in rates)
         self.layer_norm = Multiway(nn.LayerNorm(dim, eps=eps))
 

@@ -9,7 +9,7 @@ checkpoints hold them under ``beit3.``), so its state dicts load strictly::
     vision_embed.proj.{weight,bias}                      Conv2d 3 -> C, kernel = stride = patch
     vision_embed.{cls_token,mask_token}                  (1, 1, C)         mask_token is unused here
     encoder.embed_positions.{A,B}.weight                 (n + 3, C), (max_text_positions, C)
-    encoder.layers.{i}.self_attn.{q,k,v,out}_proj.{A,B}  Linear C -> C
+    encoder.layers.{i}.self_attn.{q,k,v,out}_proj.{A,B}  Linear C -> C (q, k, v: one fused Linear per modality)
     encoder.layers.{i}.self_attn.inner_attn_ln.{A,B}     LayerNorm C (sub-LN before out_proj)
     encoder.layers.{i}.self_attn_layer_norm.{A,B}        LayerNorm C
     encoder.layers.{i}.ffn.{A,B}.{fc1,ffn_layernorm,fc2} Linear C -> F, LayerNorm F (sub-LN), Linear F -> C
@@ -88,7 +88,14 @@ class FeedForward(nn.Module):
 
 
 class MultiwayAttention(nn.Module):
-    """Joint self-attention over image + text tokens with per-modality q/k/v/out projections and sub-LN."""
+    """Joint self-attention over image + text tokens with per-modality q/k/v/out projections and sub-LN.
+
+    q, k and v of a modality are one (3C, C) Linear (``qkv.A`` / ``qkv.B``: one matmul instead of three);
+    the state dict still holds torchscale's ``q_proj``/``k_proj``/``v_proj`` entries (split on save,
+    joined on load by the hooks below), so checkpoints keep the official layout.
+    """
+
+    PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -96,18 +103,18 @@ class MultiwayAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.fused_attn = True
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Multiway(nn.Linear(dim, dim)) for _ in range(4))
+        self.qkv = Multiway(nn.Linear(dim, 3 * dim))
+        self.out_proj = Multiway(nn.Linear(dim, dim))
         self.inner_attn_ln = Multiway(nn.LayerNorm(dim, eps=eps))
-
-    def _heads(self, proj: Multiway, xv, xt) -> torch.Tensor:
-        parts = [p for p in proj(xv, xt) if p is not None]
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)         # (B, N, C)
-        B, N, _ = x.shape
-        return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)   # (B, heads, N, d)
+        self.register_state_dict_post_hook(_split_qkv)
+        self.register_load_state_dict_pre_hook(_join_qkv)
 
     def forward(self, xv, xt, key_bias: torch.Tensor | None):
         """xv (B, Nv, C) / xt (B, Nt, C) or None; key_bias (B, 1, 1, Nv + Nt) additive (-inf = padding)."""
-        q, k, v = (self._heads(proj, xv, xt) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        parts = [p for p in self.qkv(xv, xt) if p is not None]
+        qkv = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)      # (B, N, 3C)
+        B, N, _ = qkv.shape
+        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
         else:
@@ -115,12 +122,30 @@ class MultiwayAttention(nn.Module):
             if key_bias is not None:
                 attn = attn + key_bias
             out = attn.softmax(dim=-1) @ v
-        B, H, N, d = out.shape
-        out = out.transpose(1, 2).reshape(B, N, H * d)
+        out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
         split = 0 if xv is None else xv.shape[1]
         ov = out[:, :split] if xv is not None else None
         ot = out[:, split:] if xt is not None else None
         return self.out_proj(*self.inner_attn_ln(ov, ot))
+
+
+def _split_qkv(module: MultiwayAttention, state_dict: dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: ``qkv.{A,B}`` -> torchscale's ``{q,k,v}_proj.{A,B}``."""
+    for way in "AB":
+        for kind in ("weight", "bias"):
+            fused = state_dict.pop(f"{prefix}qkv.{way}.{kind}")
+            for name, part in zip(MultiwayAttention.PROJECTIONS, fused.chunk(3)):
+                state_dict[f"{prefix}{name}.{way}.{kind}"] = part
+
+
+def _join_qkv(module: MultiwayAttention, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: torchscale's ``{q,k,v}_proj.{A,B}`` -> ``qkv.{A,B}`` (a partial set is left
+    as it is, for the missing/unexpected-key report)."""
+    for way in "AB":
+        for kind in ("weight", "bias"):
+            keys = [f"{prefix}{name}.{way}.{kind}" for name in MultiwayAttention.PROJECTIONS]
+            if all(key in state_dict for key in keys):
+                state_dict[f"{prefix}qkv.{way}.{kind}"] = torch.cat([state_dict.pop(key) for key in keys])
 
 
 def drop_path_scale(x: torch.Tensor, p: float, training: bool) -> torch.Tensor | None:

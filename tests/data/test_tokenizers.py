@@ -104,8 +104,8 @@ def test_sentencepiece_uses_beit3_ids(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the man on the left\nthe red circle\na small star above the box\n" * 20)
-    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"), vocab_size=14,
-                                             model_type="word")
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"), vocab_size=30,
+                                             model_type="word", hard_vocab_limit=False, minloglevel=2)
     tok = build_tokenizer("sentencepiece", tmp_path / "m.model", max_length=8, lowercase=False)
     ids, mask = tok(["the red circle"])
     assert tok.pad_id == 1 and ids[0, 0] == 0 and ids[0, 4] == 2  # <s> ... </s>, then <pad> = 1

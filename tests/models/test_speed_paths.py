@@ -8,7 +8,7 @@ import torch
 from tests.helpers import build_model
 
 TINY = ["scale=tiny", "data=synthref", "tokenizer.vocab_size=64"]
-MODELS = ["restr", "lavt", "sadlr", "m3dec_cnn", "m3dec_swin", "lgformer"]
+MODELS = ["restr", "lavt", "sadlr", "m3dec_cnn", "m3dec_swin", "lgformer", "shared_ris"]
 
 
 def batch_for(model: str, batch_size: int = 2) -> dict:

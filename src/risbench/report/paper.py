@@ -29,6 +29,7 @@ Schema of ``paper_results.yaml`` (what the report reads; unknown keys are kept f
             ours: true              # the paper's own method; reproducible by the sweep even without overrides
             default: true           # the paper's default setting (shown in notes)
             approximate: true       # an approximate re-implementation here (shown in notes)
+            not_reproducible: why   # the paper's own row that no sweep can run (the reason is kept)
             results:                # flat tables: {metric: value}; per-dataset: {dataset: {split: value}}
               oIoU: 73.22           # metrics in percent: oIoU, mIoU, prec@0.5, ...
               gflops: 203.5         # complexity: params_m (millions), gmacs, gflops (fvcore's = multiply-adds,
@@ -45,7 +46,7 @@ Schema of ``paper_results.yaml`` (what the report reads; unknown keys are kept f
                                     # (or `results: {len1-2: 72.38, len3-3: 69.46, ..., len6+: 50.21}`; a flat
                                     # table with `buckets` is one such sub-table)
 
-A row is *reproducible* when it has ``overrides``, ``row`` or ``ours``: the report expects a job for it
+A row is *reproducible* when it has ``overrides``, ``row`` or ``ours`` and no ``not_reproducible``: the report expects a job for it
 and lists it as missing otherwise; other rows (the paper's baselines) are shown with the paper's numbers.
 A job belongs to a table when its ``experiment`` is the table's (or its ``profile``), and to the row whose
 overrides it satisfies (its ``.hydra/overrides.yaml``, else its resolved config choices and values); when
@@ -67,7 +68,8 @@ BUCKET = re.compile(r"^len[0-9]+(-[0-9]+|\+)(/.*)?$")  # a length bucket's numbe
 HEADLINE_ORDER = ("oIoU", "mIoU")
 COMPLEXITY = {"params_m": "params_m", "gmacs": "gmacs", "gflops": "gmacs"}  # paper key -> what we count
 COMPLEXITY_LABELS = {"params_m": "params (M)", "gmacs": "GMACs"}
-ROW_KEYS = {"method", "row", "overrides", "ours", "default", "approximate", "results", "values"}
+ROW_KEYS = {"method", "row", "overrides", "ours", "default", "approximate", "not_reproducible", "results",
+            "values"}
 TABLE_KEYS = {"caption", "experiment", "profile", "dataset", "split", "metric", "dataset_key", "modules", "plot",
               "overrides", "row", "rows", "datasets", "buckets", "img_size"}
 
@@ -198,7 +200,8 @@ def _is_grid(results) -> bool:
 
 
 def _notes(row: dict) -> list[str]:
-    return [key for key in ("ours", "default", "approximate") if row.get(key)]
+    notes = [key for key in ("ours", "default", "approximate") if row.get(key)]
+    return notes + [f"not reproducible: {row['not_reproducible']}"] if row.get("not_reproducible") else notes
 
 
 def _label(row: dict, index: int) -> str:
@@ -266,7 +269,8 @@ def _table(paper: str, table_id: str, node: dict, where: str, inherited: dict | 
                 extras += [str(key)] if str(key) not in extras else []
         row_descriptors = _descriptors(row)
         descriptors += [key for key in row_descriptors if key not in descriptors]
-        reproducible = bool(row.get("overrides") or row.get("row") is not None or row.get("ours"))
+        reproducible = (bool(row.get("overrides") or row.get("row") is not None or row.get("ours"))
+                        and not row.get("not_reproducible"))
         rows.append(PaperRow(_label(row, index), {**selector, **_selector(row, sweep, f"{where}.rows[{index}]")},
                              reproducible, values, row_complexity, row_extras, row_descriptors, _notes(row)))
     ordered = list(columns.values())

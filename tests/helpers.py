@@ -91,3 +91,27 @@ def independent_metrics(predictions: list[dict], truths: dict) -> dict[str, floa
         inter, union = inter + i, union + u
         ious.append(i / u if u else 0.0)
     return {"oIoU": inter / union if union else 0.0, "mIoU": math.fsum(ious) / len(ious), "n": float(len(ious))}
+
+
+def official_vectors(folder: Path) -> tuple[dict, dict]:
+    """An official code's test vectors: the batch it ran (image, tokens, attention mask) and its outputs."""
+    from safetensors.torch import load_file
+
+    inputs = load_file(folder / "inputs.safetensors")
+    batch = {"image": inputs["image"], "tokens": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    return batch, load_file(folder / "outputs.safetensors")
+
+
+def overfit_losses(model, batch: dict, steps: int = 10, lr: float = 1e-3) -> list[float]:
+    """The loss over ``steps`` AdamW steps on one batch (a model that learns ends well below its start)."""
+    import torch
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(model(batch), batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -69,16 +69,19 @@ def lavt_node(cfg: DictConfig) -> str:
 
 
 def architecture_overrides(args: argparse.Namespace | None, cfg: DictConfig, given: set[str]) -> list[str]:
-    """``key=value`` overrides for what the checkpoint's ``args`` say and the config does not already have,
-    leaving out every key the user set."""
+    """LAVT: ``key=value`` overrides for what the checkpoint's ``args`` say."""
     from risbench.models.lavt import official_architecture
 
     if args is None:
         return []
     arch = official_architecture(args)
     node = lavt_node(cfg)
-    wanted = {**{f"{node}.vision.{key}": value for key, value in arch["vision"].items()},
-              f"{node}.channels": arch["channels"], "data.img_size": arch["img_size"]}
+    return overrides_for({**{f"{node}.vision.{key}": value for key, value in arch["vision"].items()},
+                          f"{node}.channels": arch["channels"], "data.img_size": arch["img_size"]}, cfg, given)
+
+
+def overrides_for(wanted: dict, cfg: DictConfig, given: set[str]) -> list[str]:
+    """``key=value`` for each wanted value the config does not already have, leaving out every key the user set."""
     out = []
     for key, value in wanted.items():
         current = OmegaConf.select(cfg, key)
@@ -100,9 +103,31 @@ def fit_report(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
             f"{len(wrong)} of another shape (checkpoint vs model) {wrong[:3]}")
 
 
+def write_converted(state: dict[str, torch.Tensor], model_overrides: list[str], vocab_size: int, source: Path,
+                    out: Path, name: str, eval_overrides: list[str], fix: str) -> None:
+    """Check ``state`` strictly against the configured model (built on the meta device) and write it as a
+    training checkpoint; ``out`` must not exist yet (nothing the user wrote is overwritten)."""
+    from risbench.tasks.common import build_net
+
+    if out.exists():
+        raise RisbenchError(f"{out} already exists.\n  how to fix: give another output path, or delete that file")
+    cfg = compose(model_overrides)
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+        net = build_net(cfg, vocab_size)
+    problem = fit_report(state, net.state_dict())
+    if problem:
+        raise RisbenchError(f"the converted {source} does not fit the model built from {model_overrides}: {problem}.\n"
+                            f"  how to fix: {fix}")
+    net.load_state_dict(state, strict=True, assign=True)  # the strict load mode=eval does, on shapes
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"net.{key}": value for key, value in state.items()},
+                "risbench": {"name": name, "converted_from": source.name,
+                             "model": OmegaConf.to_container(cfg.model, resolve=True), "overrides": eval_overrides}},
+               out)
+
+
 def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]) -> dict:
     """LAVT release -> risbench checkpoint at ``out``; returns a summary (counts, the eval overrides)."""
-    from risbench.tasks.common import build_net
     from risbench.models.common.weights import read_released_checkpoint
     from risbench.models.lavt import official_checkpoint_filter_fn
 
@@ -110,29 +135,17 @@ def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]
     state, dropped = official_checkpoint_filter_fn(checkpoint)
     args = checkpoint.get("args")
     overrides = with_defaults(overrides)
-    extra = architecture_overrides(args, compose(overrides), override_keys(overrides))
-    model_overrides = [*overrides, *extra]
-    cfg = compose(model_overrides)
+    cfg = compose(overrides)
+    extra = architecture_overrides(args, cfg, override_keys(overrides))
     vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
-    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
-        net = build_net(cfg, vocab_size)
     prefix = "base." if lavt_node(cfg) == "model.base" else ""
     state = {f"{prefix}{key}": value for key, value in state.items()}
-    problem = fit_report(state, net.state_dict())
-    if problem:
-        raise RisbenchError(
-            f"the converted {checkpoint_path} does not fit the model built from {model_overrides}: {problem}.\n"
-            "  how to fix: give the checkpoint's architecture as overrides (model.vision.embed_dim, depths, "
-            "num_heads, window_size, model.channels, model.text.*), or model/head=none for SADLR")
-    net.load_state_dict(state, strict=True, assign=True)  # the strict load mode=eval does, on shapes
     dataset = getattr(args, "dataset", None)
     data = LAVT_DATASETS.get((dataset, getattr(args, "splitBy", None) if dataset == "refcocog" else None))
     eval_overrides = [*overrides, *([f"data={data}"] if data else []), *extra]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{key}": value for key, value in state.items()},
-                "risbench": {"name": "lavt-official", "converted_from": checkpoint_path.name,
-                             "model": OmegaConf.to_container(cfg.model, resolve=True), "overrides": eval_overrides}},
-               out)
+    write_converted(state, [*overrides, *extra], vocab_size, checkpoint_path, out, "lavt-official", eval_overrides,
+                    "give the checkpoint's architecture as overrides (model.vision.embed_dim, depths, num_heads, "
+                    "window_size, model.channels, model.text.*), or model/head=none for SADLR")
     return {"mapped": len(state), "dropped": Counter(dropped.values()), "eval_overrides": eval_overrides}
 
 
@@ -148,7 +161,6 @@ def convert_lgformer_official(checkpoint_path: Path, out: Path, overrides: list[
     """LGFormer release -> risbench checkpoint at ``out``; returns a summary (counts, the eval overrides)."""
     from risbench.models import lgformer
     from risbench.models.common.weights import read_released_checkpoint
-    from risbench.tasks.common import build_net
 
     checkpoint = read_released_checkpoint(checkpoint_path, "LGFormer checkpoint", LGFORMER_HINT)
     if not isinstance(checkpoint.get("model"), dict):
@@ -165,33 +177,15 @@ def convert_lgformer_official(checkpoint_path: Path, out: Path, overrides: list[
     extra = []
     if args is not None:
         arch = lgformer.official_architecture(args)
-        wanted = {**{f"model.vision.{key}": value for key, value in arch["vision"].items()},
-                  "data.img_size": arch["img_size"]}
-        for key, value in wanted.items():
-            current = OmegaConf.select(cfg, key)
-            current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
-            if key not in override_keys(overrides) and current != value:
-                extra.append(f"{key}={value}".replace(" ", ""))
-    model_overrides = [*overrides, *extra]
-    cfg = compose(model_overrides)
+        extra = overrides_for({**{f"model.vision.{key}": value for key, value in arch["vision"].items()},
+                               "data.img_size": arch["img_size"]}, cfg, override_keys(overrides))
     vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
-    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
-        net = build_net(cfg, vocab_size)
-    problem = fit_report(state, net.state_dict())
-    if problem:
-        raise RisbenchError(
-            f"the converted {checkpoint_path} does not fit the model built from {model_overrides}: {problem}.\n"
-            "  how to fix: give the checkpoint's architecture as overrides (model.vision.*, model.text.*, "
-            "model.pixel_decoder.*, model.decoder.*)")
-    net.load_state_dict(state, strict=True, assign=True)  # the strict load mode=eval does, on shapes
     dataset = getattr(args, "dataset", None)
     data = LGFORMER_DATASETS.get((dataset, getattr(args, "splitBy", None) if dataset == "refcocog" else None), [])
     eval_overrides = [*overrides, *data, *extra]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{key}": value for key, value in state.items()},
-                "risbench": {"name": "lgformer-official", "converted_from": checkpoint_path.name,
-                             "model": OmegaConf.to_container(cfg.model, resolve=True), "overrides": eval_overrides}},
-               out)
+    write_converted(state, [*overrides, *extra], vocab_size, checkpoint_path, out, "lgformer-official",
+                    eval_overrides, "give the checkpoint's architecture as overrides (model.vision.*, model.text.*, "
+                    "model.pixel_decoder.*, model.decoder.*)")
     return {"mapped": len(state), "dropped": Counter(dropped.values()), "eval_overrides": eval_overrides}
 
 

@@ -10,7 +10,7 @@ from risbench.losses import dice_loss
 from risbench.models.common.vision.swin import SwinTower
 from risbench.models.lavt import LAVT, PWAM
 from risbench.profiling import count_macs
-from tests.helpers import build_model
+from tests.helpers import build_model, overfit_losses
 
 TEXT = dict(pretrained=False, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
             max_positions=32, trainable="all")
@@ -55,14 +55,7 @@ def test_loss_decreases_on_a_fixed_batch():
     batch = make_batch()
     batch["mask"] = torch.zeros_like(batch["mask"])
     batch["mask"][..., 8:40, 16:48] = 1.0
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(10):
-        loss = model.loss(model(batch), batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(model, batch)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

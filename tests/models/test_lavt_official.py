@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from risbench.convert import convert_lavt_official, main
@@ -26,7 +25,7 @@ from risbench.losses import resize_logits
 from risbench.models.common.attention import explicit_attention
 from risbench.models.lavt import LAVT
 from risbench.tasks.common import build_net, check_checkpoint_matches
-from tests.helpers import build_model, compose_config
+from tests.helpers import build_model, compose_config, official_vectors
 from tests.official_swin import official_block
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "lavt_official"
@@ -60,9 +59,7 @@ def net_state(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def vectors() -> tuple[dict, dict]:
-    inputs = load_file(FIXTURES / "inputs.safetensors")
-    batch = {"image": inputs["image"], "tokens": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    return batch, load_file(FIXTURES / "outputs.safetensors")
+    return official_vectors(FIXTURES)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +207,9 @@ def test_command_line(tmp_path, capsys):
     assert "215 weights mapped, 7 entries dropped" in printed
     assert "evaluate with: python -m risbench mode=eval model=lavt scale=paper" in printed
     assert printed.rstrip().endswith(f"data=refcoco data.img_size=128 ckpt_path={out}") and out.is_file()
+    written = out.read_bytes()
+    assert main(["lavt-official", str(FIXTURES / "checkpoint.pth"), str(out), *node_overrides("model", NODES)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == written  # never overwritten
 
 
 def test_bad_checkpoints_are_one_clear_error(tmp_path):

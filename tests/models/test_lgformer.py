@@ -18,7 +18,7 @@ from risbench.models.common.text import masked_mean
 from risbench.models.lgformer import LGFormer, PixelDecoder
 from risbench.optim import build_param_groups, poly_schedule
 from risbench.profiling import count_macs, count_params
-from tests.helpers import build_model, compose_config
+from tests.helpers import build_model, compose_config, overfit_losses
 
 VOCAB = 50
 TEXT = dict(pretrained=False, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_positions=32,
@@ -340,14 +340,7 @@ def test_loss_decreases_on_a_fixed_batch_and_every_parameter_learns():
     batch["mask"][..., 8:40, 16:48] = 1.0
     model.loss(model(batch), batch)["loss"].backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        loss = model.loss(model(batch), batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(model, batch)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from risbench.convert import convert_lgformer_official as convert_release
 from risbench.convert import main
@@ -26,7 +25,7 @@ from risbench.models.common.attention import explicit_attention
 from risbench.models.common.weights import read_released_checkpoint
 from risbench.models.lgformer import LGFormer, convert_lgformer_official
 from risbench.tasks.common import check_checkpoint_matches
-from tests.helpers import build_model, compose_config
+from tests.helpers import build_model, compose_config, official_vectors
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "lgformer_official"
 CONFIG = json.loads((FIXTURES / "config.json").read_text())
@@ -53,9 +52,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def vectors() -> tuple[dict, dict]:
-    inputs = load_file(FIXTURES / "inputs.safetensors")
-    batch = {"image": inputs["image"], "tokens": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    return batch, load_file(FIXTURES / "outputs.safetensors")
+    return official_vectors(FIXTURES)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from risbench.models.common.fusion import PWAM, LanguageGate
 from risbench.models.common.heads import DenseReferringModel
 from risbench.models.common.text import TextEncoder
 from risbench.models.common.vision.swin import SwinTower
+from risbench.models.common.weights import rename_released_keys
 
 
 class LanguageAwareSwin(nn.Module):
@@ -163,20 +164,9 @@ def official_checkpoint_filter_fn(checkpoint: dict) -> tuple[dict[str, torch.Ten
     last_stage = max((int(m[1]) for key in official if (m := re.match(r"backbone\.layers\.(\d+)\.", key))),
                      default=-1)
     dropped_rules = [*OFFICIAL_DROPPED, (rf"backbone\.layers\.{last_stage}\.res_gate\..*", LAST_GATE_REASON)]
-    state, dropped, unknown = {}, {}, []
-    for key, value in official.items():
-        reason = next((why for pattern, why in dropped_rules if re.fullmatch(pattern, key)), None)
-        if reason is not None:
-            dropped[key] = reason
-            continue
-        rule = next(((pattern, repl) for pattern, repl in OFFICIAL_RENAMES if re.fullmatch(pattern, key)), None)
-        if rule is None:
-            unknown.append(key)
-            continue
-        new_key = re.sub(rule[0], rule[1], key)
-        if ".pwams." in new_key and value.ndim == 3:
-            value = value.squeeze(-1)  # Conv1d(k=1) weight -> Linear weight
-        state[new_key] = value
+    state, dropped, unknown = rename_released_keys(official, OFFICIAL_RENAMES, dropped_rules)
+    # Conv1d(k=1) weights -> Linear weights
+    state = {key: value.squeeze(-1) if ".pwams." in key and value.ndim == 3 else value for key, value in state.items()}
     if unknown:
         raise RisbenchError(f"{len(unknown)} keys of the checkpoint are not LAVT's: {unknown[:5]}.\n"
                             "  how to fix: pass a checkpoint of LAVT's code (github.com/yz93/LAVT-RIS)")

@@ -45,6 +45,7 @@ from risbench.models.common.deformable import MSDeformAttn, reference_points
 from risbench.models.common.fusion import PWAM, LanguageGate, instance_norm_tokens
 from risbench.models.common.text import TextEncoder, masked_mean
 from risbench.models.common.vision.swin import SwinTower
+from risbench.models.common.weights import rename_released_keys
 
 
 def check_choice(key: str, value, allowed: Sequence) -> None:
@@ -599,23 +600,15 @@ def convert_lgformer_official(checkpoint: dict, keep_last_gates: bool = False
     dropped_rules = list(OFFICIAL_DROPPED)
     if not keep_last_gates:
         dropped_rules.append((rf"backbone\.layers\.{last_stage}\.(sym_)?res_gate\..*", LAST_GATES_REASON))
-    state, dropped, attention, unknown = {}, {}, {}, []
-    for key, value in official.items():
-        reason = next((why for pattern, why in dropped_rules if re.fullmatch(pattern, key)), None)
-        if reason is not None:
-            dropped[key] = reason
-            continue
-        rule = next(((pattern, repl) for pattern, repl in OFFICIAL_RENAMES if re.fullmatch(pattern, key)), None)
-        if rule is None:
-            unknown.append(key)
-            continue
-        new_key = re.sub(rule[0], rule[1], key)
-        if (attn := _ATTENTION.fullmatch(new_key)) is not None:
+    renamed, dropped, unknown = rename_released_keys(official, OFFICIAL_RENAMES, dropped_rules)
+    state, attention = {}, {}
+    for key, value in renamed.items():
+        if (attn := _ATTENTION.fullmatch(key)) is not None:
             attention.setdefault(attn[1], {})[attn[2]] = value
-            continue
-        if new_key.startswith("encoder.fusions.") and value.ndim == 3:
-            value = value.squeeze(-1)  # Conv1d(k=1) weight -> Linear weight
-        state[new_key] = value
+        elif key.startswith("encoder.fusions.") and value.ndim == 3:
+            state[key] = value.squeeze(-1)  # Conv1d(k=1) weight -> Linear weight
+        else:
+            state[key] = value
     if unknown:
         raise RisbenchError(f"{len(unknown)} keys of the checkpoint are not LGFormer's: {unknown[:5]}.\n"
                             "  how to fix: pass a checkpoint of the authors' LGFormer code (train.py's .pth)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import torch
@@ -73,3 +74,22 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str,
             f"{what} does not match the model: {len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:5]}.\n"
             "  how to fix: point the config at a checkpoint of the same architecture and size.")
+
+
+def rename_released_keys(state: dict, renames: list[tuple[str, str]], dropped_rules: list[tuple[str, str]]
+                         ) -> tuple[dict, dict[str, str], list[str]]:
+    """A released state dict under risbench's names: each key is dropped by the first ``(pattern, reason)``
+    of ``dropped_rules`` that matches it whole, else renamed by the first matching ``(pattern, replacement)``
+    of ``renames``; returns (renamed state, {dropped key: reason}, the keys neither rule knows)."""
+    renamed, dropped, unknown = {}, {}, []
+    for key, value in state.items():
+        reason = next((why for pattern, why in dropped_rules if re.fullmatch(pattern, key)), None)
+        if reason is not None:
+            dropped[key] = reason
+            continue
+        rule = next(((pattern, repl) for pattern, repl in renames if re.fullmatch(pattern, key)), None)
+        if rule is None:
+            unknown.append(key)
+            continue
+        renamed[re.sub(rule[0], rule[1], key)] = value
+    return renamed, dropped, unknown

@@ -339,12 +339,13 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str, cfg: DictCon
     columns = ["oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9", "n"]
     table = Table(title=title, caption=caption)
     table.add_column("split")
-    table.add_column("protocol")
+    table.add_column("protocol", no_wrap=True)
     for column in columns:
         table.add_column(column, justify="right")
     for split, values in metrics.items():
         for name, prefix in (("common", ""), ("paper", "paper/")):
             cells = [(f"{values[prefix + c]:.0f}" if c == "n" else f"{100 * values[prefix + c]:.2f}")
                      if prefix + c in values else "-" for c in columns]
-            table.add_row(split if not prefix else "", f"{name}: {cfg.eval[name].name}", *cells)
+            label = "common" if name == "common" else f"paper: {cfg.eval.paper.name}"
+            table.add_row(split if not prefix else "", label, *cells)
     Console().print(table)

@@ -115,3 +115,17 @@ def overfit_losses(model, batch: dict, steps: int = 10, lr: float = 1e-3) -> lis
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def run_on_synthref(args: list[str], synthref: Path, params: dict, cwd: Path, timeout: int = 900) -> None:
+    """``python -m risbench ARGS`` at ``scale=tiny`` on a test synthref (generated in folder ``synthref`` with
+    ``params``), in-process data loading; fails the test with the end of stderr unless it exits 0."""
+    data = [f"data.synthref.{key}={value}" for key, value in params.items()]
+    done = run_cli([*args, "scale=tiny", "data=synthref", f"paths.data_dir={synthref.parent}", "data.num_workers=0",
+                    *data], cwd=cwd, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def sweep_results(cwd: Path, sweep: str) -> list[Path]:
+    """The results.json of every job of a multirun ``sweep`` run in ``cwd``, in job order."""
+    return sorted(cwd.glob(f"multirun/{sweep}/*/*/results.json"), key=lambda path: int(path.parent.name))

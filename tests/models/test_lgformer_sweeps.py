@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from risbench.data.synthref import ensure_synthref
 from tests.fixtures import TINY_SYNTHREF
-from tests.helpers import REPO, compose_config, run_cli, sweep_jobs
+from tests.helpers import REPO, compose_config, run_on_synthref, sweep_jobs, sweep_results
 
 PAPER = yaml.safe_load((REPO / "experiments" / "lgformer" / "paper_results.yaml").read_text())["tables"]
 # sweep -> jobs at scale=tiny data=synthref (Table 1's rows all collapse to synthref)
@@ -59,21 +58,10 @@ def synthref_64(tmp_path_factory):
     return ensure_synthref(tmp_path_factory.mktemp("lgformer_data") / "synthref", SYNTHREF)
 
 
-def cli(root: Path, data: Path, *args: str, timeout: int = 900):
-    synthref = [f"data.synthref.{key}={value}" for key, value in SYNTHREF.items()]
-    done = run_cli([*args, "scale=tiny", "data=synthref", f"paths.data_dir={data.parent}", "data.num_workers=0",
-                    *synthref], cwd=root, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def sweep_results(root: Path, name: str) -> list[Path]:
-    return sorted(root.glob(f"multirun/{name}/*/*/results.json"), key=lambda path: int(path.parent.name))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", sorted(SWEEPS))
 def test_sweep_runs_at_tiny_scale(sweep, synthref_64, tmp_path):
-    cli(tmp_path, synthref_64, "-m", f"experiment=ablation/{sweep}", "debug=fast")
+    run_on_synthref(["-m", f"experiment=ablation/{sweep}", "debug=fast"], synthref_64, SYNTHREF, tmp_path)
     results = sweep_results(tmp_path, sweep)
     assert len(results) == SWEEPS[sweep]
     for path in results:
@@ -87,11 +75,12 @@ def test_sweep_runs_at_tiny_scale(sweep, synthref_64, tmp_path):
 def test_table3_sweep_evaluates_table2_checkpoints_by_length(synthref_64, tmp_path):
     short = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
     rows = ["+row/lgformer_table2=learnable_q10,linguistic"]
-    cli(tmp_path, synthref_64, "-m", "experiment=ablation/lgformer_table2", *rows, *short)
+    run_on_synthref(["-m", "experiment=ablation/lgformer_table2", *rows, *short], synthref_64, SYNTHREF, tmp_path)
     learnable, linguistic = (path.parent / "checkpoints" / "last.ckpt"
                              for path in sweep_results(tmp_path, "lgformer_table2"))
-    cli(tmp_path, synthref_64, "-m", "experiment=ablation/lgformer_table3", "trainer.limit_test_batches=1",
-        f"table2_checkpoints.learnable_q10={learnable}", f"table2_checkpoints.linguistic={linguistic}")
+    run_on_synthref(["-m", "experiment=ablation/lgformer_table3", "trainer.limit_test_batches=1",
+                     f"table2_checkpoints.learnable_q10={learnable}", f"table2_checkpoints.linguistic={linguistic}"],
+                    synthref_64, SYNTHREF, tmp_path)
     results = [json.loads(path.read_text()) for path in sweep_results(tmp_path, "lgformer_table3")]
     assert [r["mode"] for r in results] == ["eval", "eval"]
     assert [r["checkpoint"] for r in results] == [str(learnable), str(linguistic)]

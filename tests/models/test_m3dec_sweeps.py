@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.fixtures import make_tiny_synthref
-from tests.helpers import compose_config, run_cli, sweep_jobs
+from tests.helpers import compose_config, run_on_synthref, sweep_jobs, sweep_results
 
 # sweep -> jobs at scale=tiny data=synthref (Table IV's dataset sweep collapses to synthref: one per variant)
 SWEEPS = {"m3dec_table1": 12, "m3dec_table2": 5, "m3dec_table3": 3, "m3dec_table4": 2}
@@ -69,12 +69,8 @@ def synthref_dir(tmp_path_factory):
 def test_sweep_runs_at_tiny_scale(sweep, synthref_dir, tmp_path):
     from tests.fixtures import TINY_SYNTHREF
 
-    synthref = [f"data.synthref.{key}={value}" for key, value in TINY_SYNTHREF.items()]
-    args = ["-m", f"experiment=ablation/{sweep}", "scale=tiny", "data=synthref", "debug=fast",
-            f"paths.data_dir={synthref_dir.parent}", "data.num_workers=0", *synthref]
-    done = run_cli(args, cwd=tmp_path, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = sorted(tmp_path.glob(f"multirun/{sweep}/*/*/results.json"))
+    run_on_synthref(["-m", f"experiment=ablation/{sweep}", "debug=fast"], synthref_dir, TINY_SYNTHREF, tmp_path)
+    results = sweep_results(tmp_path, sweep)
     assert len(results) == SWEEPS[sweep]
     for path in results:
         result = json.loads(path.read_text())

@@ -8,7 +8,7 @@ import pytest
 
 from risbench.data.synthref import ensure_synthref, synthref_dir
 from tests.fixtures import TINY_SYNTHREF
-from tests.helpers import compose_config, run_cli, sweep_jobs
+from tests.helpers import compose_config, run_on_synthref, sweep_jobs, sweep_results
 
 # sweep -> jobs at scale=tiny data=synthref (Table 1's dataset sweep collapses to synthref)
 SWEEPS = {"sadlr_table1": 1, "sadlr_table3": 9, "sadlr_table3_profile": 9, "sadlr_table4a": 5,
@@ -36,12 +36,8 @@ def synthref_64(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", sorted(SWEEPS))
 def test_sweep_runs_at_tiny_scale(sweep, synthref_64, tmp_path):
-    synthref = [f"data.synthref.{key}={value}" for key, value in SYNTHREF.items()]
-    args = ["-m", f"experiment=ablation/{sweep}", "scale=tiny", "data=synthref", "debug=fast",
-            f"paths.data_dir={synthref_64.parent}", "data.num_workers=0", *synthref]
-    done = run_cli(args, cwd=tmp_path, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = sorted(tmp_path.glob(f"multirun/{sweep}/*/*/results.json"))
+    run_on_synthref(["-m", f"experiment=ablation/{sweep}", "debug=fast"], synthref_64, SYNTHREF, tmp_path)
+    results = sweep_results(tmp_path, sweep)
     assert len(results) == SWEEPS[sweep]
     for path in results:
         result = json.loads(path.read_text())

@@ -11,7 +11,7 @@ import pytest
 
 from risbench.data.synthref import ensure_synthref
 from tests.fixtures import TINY_SYNTHREF
-from tests.helpers import compose_config, run_cli, sweep_jobs
+from tests.helpers import compose_config, run_on_synthref, sweep_jobs, sweep_results
 
 # sweep -> (jobs at paper size, jobs at scale=tiny data=synthref: a dataset sweep collapses to synthref)
 SWEEPS = {"shared_ris_table1": (4, 1), "shared_ris_table3": (4, 4), "shared_ris_table5": (4, 4),
@@ -74,14 +74,11 @@ def synthref_spm(synthref_64):
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", sorted(SWEEPS))
 def test_sweep_runs_at_tiny_scale(sweep, synthref_64, synthref_spm, tmp_path):
-    synthref = [f"data.synthref.{key}={value}" for key, value in SYNTHREF.items()]
     profile = sweep.endswith("_profile")  # needs no tokenizer file (the paper's 64,010 ids)
     tokenizer = [] if profile else ["tokenizer.kind=sentencepiece", f"tokenizer.path={synthref_spm}"]
-    args = ["-m", f"experiment=ablation/{sweep}", "scale=tiny", "data=synthref", "debug=fast",
-            f"paths.data_dir={synthref_64.parent}", "data.num_workers=0", *synthref, *tokenizer]
-    done = run_cli(args, cwd=tmp_path, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = sorted(tmp_path.glob(f"multirun/{sweep}/*/*/results.json"))
+    run_on_synthref(["-m", f"experiment=ablation/{sweep}", "debug=fast", *tokenizer], synthref_64, SYNTHREF,
+                    tmp_path, timeout=1200)
+    results = sweep_results(tmp_path, sweep)
     assert len(results) == SWEEPS[sweep][1]
     for path in results:
         result = json.loads(path.read_text())

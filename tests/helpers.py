@@ -129,3 +129,12 @@ def run_on_synthref(args: list[str], synthref: Path, params: dict, cwd: Path, ti
 def sweep_results(cwd: Path, sweep: str) -> list[Path]:
     """The results.json of every job of a multirun ``sweep`` run in ``cwd``, in job order."""
     return sorted(cwd.glob(f"multirun/{sweep}/*/*/results.json"), key=lambda path: int(path.parent.name))
+
+
+def bf16_forward_and_loss(model, batch: dict):
+    """One forward and loss under CPU bf16 autocast: (outputs, loss)."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+        return out, model.loss(out, batch)["loss"]

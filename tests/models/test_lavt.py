@@ -10,7 +10,7 @@ from risbench.losses import dice_loss
 from risbench.models.common.vision.swin import SwinTower
 from risbench.models.lavt import LAVT, PWAM
 from risbench.profiling import count_macs
-from tests.helpers import build_model, overfit_losses
+from tests.helpers import bf16_forward_and_loss, build_model, overfit_losses
 
 TEXT = dict(pretrained=False, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
             max_positions=32, trainable="all")
@@ -123,9 +123,7 @@ def test_last_stage_has_no_gate_and_every_parameter_gets_a_gradient():
 def test_bf16_autocast_runs_on_cpu():
     model = tiny(loss=dict(name="dice"))
     batch = make_batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(batch)
-        loss = model.loss(out, batch)["loss"]
+    out, loss = bf16_forward_and_loss(model, batch)
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert torch.isfinite(model.mask_logits(out)).all()
 

@@ -18,7 +18,7 @@ from risbench.models.common.text import masked_mean
 from risbench.models.lgformer import LGFormer, PixelDecoder
 from risbench.optim import build_param_groups, poly_schedule
 from risbench.profiling import count_macs, count_params
-from tests.helpers import build_model, compose_config, overfit_losses
+from tests.helpers import bf16_forward_and_loss, build_model, compose_config, overfit_losses
 
 VOCAB = 50
 TEXT = dict(pretrained=False, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, max_positions=32,
@@ -462,8 +462,6 @@ def test_text_length_must_match_the_key_embedding():
 def test_bf16_autocast_runs_on_cpu():
     model = tiny()
     batch = make_batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(batch)
-        loss = model.loss(out, batch)["loss"]
+    out, loss = bf16_forward_and_loss(model, batch)
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert torch.isfinite(model.mask_logits(out)).all()

@@ -14,7 +14,7 @@ from risbench.models.common.text import masked_mean
 from risbench.models.sadlr import SADLR, DynamicConv, SADLRHead, parse_structure
 from risbench.profiling import count_macs, count_params
 from risbench.config import instantiate_node
-from tests.helpers import build_model, compose_config
+from tests.helpers import bf16_forward_and_loss, build_model, compose_config
 
 TEXT = dict(pretrained=False, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
             max_positions=32, trainable="all")
@@ -254,9 +254,7 @@ def test_every_base_and_head_trains_end_to_end(base, head):
 def test_bf16_autocast_runs_on_cpu():
     model = tiny()
     batch = make_batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(batch)
-        loss = model.loss(out, batch)["loss"]
+    out, loss = bf16_forward_and_loss(model, batch)
     assert torch.isfinite(loss) and loss.dtype == torch.float32
 
 

@@ -59,3 +59,18 @@ def test_compiled_model_gives_the_eager_output():
     assert set(compiled.state_dict()) == set(eager.state_dict())  # checkpoints keep their names
     with torch.no_grad():
         assert torch.allclose(eager.mask_logits(eager(batch)), compiled.mask_logits(compiled(batch)), atol=1e-5)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fused_attention_gives_the_explicit_output(model):
+    """SDPA on every attention (timm's Swin windows included) computes what the explicit matmuls do."""
+    from risbench.models.common.attention import explicit_attention
+
+    batch = batch_for(model)
+    torch.manual_seed(0)
+    net = build_model(model, 64, TINY).eval()
+    with torch.no_grad():
+        fused = net.mask_logits(net(batch))
+        with explicit_attention(net):
+            explicit = net.mask_logits(net(batch))
+    assert torch.allclose(fused, explicit, atol=1e-5)

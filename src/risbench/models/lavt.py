@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from risbench.errors import RisbenchError
-from risbench.models.common.decoders import SimpleDecoding
+from risbench.models.common.decoders import SimpleDecoding, tokens_to_map
 from risbench.models.common.fusion import PWAM, LanguageGate
 from risbench.models.common.heads import DenseReferringModel
 from risbench.models.common.text import TextEncoder
@@ -57,7 +57,7 @@ class LanguageAwareSwin(nn.Module):
             f = pwam(tokens, words, word_mask)                 # (B, H_s W_s, D_s)
             if s < len(self.gates):
                 x = (tokens + self.gates[s](f) * f).view(B, H, W, D)
-            outs.append(self.norms[s](f).transpose(1, 2).reshape(B, D, H, W))
+            outs.append(tokens_to_map(self.norms[s](f), H, W))  # (B, D_s, H_s, W_s)
         return outs
 
 

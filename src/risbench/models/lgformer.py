@@ -218,7 +218,8 @@ class CrossAttentionLayer(nn.Module):
         self.norm_ca = nn.LayerNorm(dim) if attend else None
         self.self_attn = MultiheadAttention(dim, num_heads) if self_attention else None
         self.norm_sa = nn.LayerNorm(dim) if self_attention else None
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, dim))
+        # in-place ReLU: no second (tokens x ffn_dim) buffer (a linear's backward does not need its output)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
         self.norm_ffn = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, query_pos: torch.Tensor | None = None,
@@ -249,7 +250,7 @@ class PixelDecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, shapes: list[tuple[int, int]],
                 text: torch.Tensor, text_pos: torch.Tensor | None, text_padding: torch.Tensor | None) -> torch.Tensor:
         x = self.norm1(x + self.self_attn(x + pos, reference, x, shapes))
-        x = self.norm2(x + self.linear2(F.relu(self.linear1(x))))
+        x = self.norm2(x + self.linear2(F.relu(self.linear1(x), inplace=True)))
         if self.text_attn is not None:
             x = self.text_attn(x, text, query_pos=pos, key_pos=text_pos, key_padding_mask=text_padding)
         return x

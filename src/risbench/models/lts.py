@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from risbench.models.common.attention import Block, grid_positions
-from risbench.models.common.decoders import ConvBNReLU, DenseBaseDecoder, Stride16Neck
+from risbench.models.common.decoders import ConvBNReLU, DenseBaseDecoder, Stride16Neck, tokens_to_map
 from risbench.models.common.heads import DenseReferringModel
 from risbench.models.common.text import TextEncoder
 from risbench.models.common.vision.swin import SwinTower
@@ -48,7 +48,7 @@ class Locate(nn.Module):
         pixels = self.norm(x[:, : H * W])                                          # (B, HW, C)
         relevance = pixels @ self.filter(sentence)[:, :, None] * C ** -0.5        # (B, HW, 1)
         prior = relevance.sigmoid().transpose(1, 2).reshape(B, 1, H, W)
-        return pixels.transpose(1, 2).reshape(B, C, H, W), prior
+        return tokens_to_map(pixels, H, W), prior
 
 
 class LTS(DenseReferringModel):

@@ -27,7 +27,7 @@ from risbench.errors import RisbenchError
 from risbench.losses import bce_loss, dice_loss, resize_logits
 from risbench.models.base import RISModel, distinct_images
 from risbench.models.common.attention import Block, init_linear
-from risbench.models.common.decoders import upsample_as_is
+from risbench.models.common.decoders import tokens_to_map, upsample_as_is
 from risbench.models.common.text import TextEncoder
 from risbench.models.common.vision.vit import build_vit, load_vit_checkpoint
 
@@ -155,7 +155,7 @@ class CoarseToFineDecoder(nn.Module):
         channels = [in_dim // 2 ** i for i in range(num_blocks + 1)]
         self.blocks = nn.ModuleList([
             nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-                          nn.Conv2d(c_in, c_out, 1, bias=False), nn.LeakyReLU(0.01))
+                          nn.Conv2d(c_in, c_out, 1, bias=False), nn.LeakyReLU(0.01, inplace=True))
             for c_in, c_out in zip(channels[:-1], channels[1:])])
         self.out = nn.Conv2d(channels[-1], 1, 1, bias=False)
         for module in self.modules():
@@ -262,7 +262,7 @@ class ReSTR(RISModel):
             gate = logits.sigmoid() if self.mask_with == "sigmoid" else logits
             skip = zv if self.visual_skip == "vit" else v
             x = torch.cat([skip, patches * gate], -1)                          # (B,900,1536)
-            x = x.transpose(1, 2).reshape(B, -1, h, w)                         # (B,1536,30,30)
+            x = tokens_to_map(x, h, w)                                         # (B,1536,30,30)
             pixel_logits = self.decoder(x)                                     # (B,1,480,480)
         return {"pixel_logits": pixel_logits, "patch_logits": patch_logits, "classifier": classifier}
 

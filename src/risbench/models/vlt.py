@@ -24,7 +24,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from risbench.models.common.attention import Attention, Block, CrossAttentionBlock, grid_positions
-from risbench.models.common.decoders import DenseBaseDecoder, Stride16Neck
+from risbench.models.common.decoders import DenseBaseDecoder, Stride16Neck, tokens_to_map
 from risbench.models.common.heads import DenseReferringModel
 from risbench.models.common.text import TextEncoder
 from risbench.models.common.vision.swin import SwinTower
@@ -108,6 +108,6 @@ class VLT(DenseReferringModel):
         for layer in self.decoder_layers:
             queries = layer(queries, memory)
         response = self.query_balance(queries)                                 # (B, C)
-        x = (memory * (1 + response[:, None])).transpose(1, 2).reshape(B, C, H, W)
+        x = tokens_to_map(memory * (1 + response[:, None]), H, W)              # (B, C, H, W)
         y = self.decoder(x, feats[1::-1])                                      # (B, channels, H/4, W/4)
         return {"Y": y, "L": words, "sentence": sentence, "l_mask": word_mask}

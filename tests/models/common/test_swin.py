@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from risbench.errors import MissingFileError, RisbenchError
@@ -45,6 +46,31 @@ def test_block_is_the_official_pad_then_shift_block(size, window, shift):
         assert torch.allclose(block(x), want, atol=1e-5)
         block.attn.fused_attn = not block.attn.fused_attn  # the other attention path computes the same
         assert torch.allclose(block(x), want, atol=1e-5)
+
+
+def test_every_window_attention_runs_sdpa_until_explicit_attention_is_asked_for():
+    from risbench.models.common.attention import explicit_attention
+
+    tower = SwinTower(**TINY, pretrained=False)
+    attentions = [block.attn for stage in tower.layers for block in stage.blocks]
+    assert all(attention.fused_attn for attention in attentions)  # timm's own default is explicit
+    with explicit_attention(tower):
+        assert not any(attention.fused_attn for attention in attentions)
+
+
+@pytest.mark.parametrize("train, bf16, fused", [(False, False, True), (False, True, True), (True, False, True),
+                                               (True, True, False)])
+def test_window_attention_leaves_sdpa_only_for_bf16_training_on_cpu(monkeypatch, train, bf16, fused):
+    """CPU SDPA cannot give a bf16 mask its gradient in a fused kernel (it upcasts to fp32 math), so bf16
+    training takes timm's explicit matmuls; everything else runs SDPA."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    tower = SwinTower(**TINY, pretrained=False).train(train)
+    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        tower(torch.randn(1, 3, 64, 64))
+    assert bool(calls) is fused
+    assert all(block.attn.fused_attn for stage in tower.layers for block in stage.blocks)
 
 
 # timm's own block: rolls before padding (15x15, 5x7), drops the shift on a grid not larger than the window

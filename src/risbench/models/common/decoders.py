@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) map, a view in channels-last layout: the convolutions and the
+    bilinear resizes after it then run channels-last (several times faster on CPU than NCHW), and, unlike
+    ``transpose(1, 2).reshape``, the strides stay channels-last at batch size 1 too."""
+    return tokens.unflatten(1, (height, width)).permute(0, 3, 1, 2)
+
+
 def upsample_as_is(x: torch.Tensor, upsample: nn.Upsample) -> torch.Tensor:
     """``upsample(x)`` in x's own dtype: autocast would resize a bf16 map in fp32 (two casts and twice the
     memory traffic); bilinear resizing is as exact in bf16 as the map it resizes."""

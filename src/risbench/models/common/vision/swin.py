@@ -24,12 +24,30 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, checkpoint_filter_fn
+from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
 from torch import nn
 
 from risbench.models.common.weights import load_into, read_state_dict
 
 SWIN_HINT = ("download the official Swin release checkpoint (Swin-B: swin_base_patch4_window12_384_22k.pth "
              "from the microsoft/Swin-Transformer releases) to that path, or set model.vision.pretrained=false")
+
+
+class WindowAttention(TimmWindowAttention):
+    """timm's window attention, on SDPA by default (timm keeps it on explicit matmuls, an 'experimental'
+    switch): the relative-position bias and the shift mask go in as ``attn_mask``. Except in reduced-precision
+    training on CPU, where SDPA has no fused kernel that gives the mask its gradient and falls back to math
+    upcast to fp32, slower than the explicit matmuls in bf16."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not (self.fused_attn and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad):
+            return super().forward(x, mask)
+        self.fused_attn = False
+        try:
+            return super().forward(x, mask)
+        finally:
+            self.fused_attn = True
 
 
 class PadThenShiftBlock(SwinTransformerBlock):
@@ -58,6 +76,8 @@ class SwinTower(nn.Module):
         for stage in swin.layers:
             for block in stage.blocks:
                 block.__class__ = PadThenShiftBlock  # the same module, official pad-then-shift order
+                block.attn.__class__ = WindowAttention
+                block.attn.fused_attn = True  # explicit_attention turns it off again
         # keep only what runs: same parameter names as the release checkpoint (patch_embed.*, layers.*)
         self.patch_embed = swin.patch_embed
         self.layers = swin.layers

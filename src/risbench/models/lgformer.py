@@ -204,6 +204,14 @@ class VisionLanguageEncoder(nn.Module):
 
 # --- language-guided pixel decoder (Mask2Former's MSDeformAttnPixelDecoder + L2VA) ---
 
+class InferenceInPlaceReLU(nn.ReLU):
+    """ReLU in place when no gradient is recorded: inference skips a fresh (tokens x ffn_dim) buffer (5% of
+    the 480 px forward); in training the in-place form measured 5-12% slower, so it stays out of place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x, inplace=not torch.is_grad_enabled())
+
+
 class CrossAttentionLayer(nn.Module):
     """Post-norm ``LN(x + CrossAttn(x + pos_q, ctx + pos_k, ctx))``, optional self-attention, ``LN(x + FFN(x))``.
 
@@ -218,8 +226,7 @@ class CrossAttentionLayer(nn.Module):
         self.norm_ca = nn.LayerNorm(dim) if attend else None
         self.self_attn = MultiheadAttention(dim, num_heads) if self_attention else None
         self.norm_sa = nn.LayerNorm(dim) if self_attention else None
-        # in-place ReLU: no second (tokens x ffn_dim) buffer (a linear's backward does not need its output)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), InferenceInPlaceReLU(), nn.Linear(ffn_dim, dim))
         self.norm_ffn = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, query_pos: torch.Tensor | None = None,
@@ -243,6 +250,7 @@ class PixelDecoderLayer(nn.Module):
         self.self_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
         self.norm1 = nn.LayerNorm(dim)
         self.linear1 = nn.Linear(dim, ffn_dim)
+        self.activation = InferenceInPlaceReLU()
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.text_attn = CrossAttentionLayer(dim, text_dim, num_heads, l2va_ffn_dim) if l2va else None
@@ -250,7 +258,7 @@ class PixelDecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, shapes: list[tuple[int, int]],
                 text: torch.Tensor, text_pos: torch.Tensor | None, text_padding: torch.Tensor | None) -> torch.Tensor:
         x = self.norm1(x + self.self_attn(x + pos, reference, x, shapes))
-        x = self.norm2(x + self.linear2(F.relu(self.linear1(x), inplace=True)))
+        x = self.norm2(x + self.linear2(self.activation(self.linear1(x))))
         if self.text_attn is not None:
             x = self.text_attn(x, text, query_pos=pos, key_pos=text_pos, key_padding_mask=text_padding)
         return x

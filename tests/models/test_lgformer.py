@@ -15,7 +15,7 @@ from risbench.losses import dice_loss
 from risbench.metrics import ReferringSegmentationMetrics
 from risbench.models.common.attention import explicit_attention
 from risbench.models.common.text import masked_mean
-from risbench.models.lgformer import LGFormer, PixelDecoder
+from risbench.models.lgformer import InferenceInPlaceReLU, LGFormer, PixelDecoder
 from risbench.optim import build_param_groups, poly_schedule
 from risbench.profiling import count_macs, count_params
 from tests.helpers import bf16_forward_and_loss, build_model, compose_config, overfit_losses
@@ -465,3 +465,16 @@ def test_bf16_autocast_runs_on_cpu():
     out, loss = bf16_forward_and_loss(model, batch)
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert torch.isfinite(model.mask_logits(out)).all()
+
+
+def test_ffn_relu_works_in_place_only_outside_autograd():
+    relu = InferenceInPlaceReLU()
+    x = torch.randn(4, 8, requires_grad=True)
+    h = x * 1.0
+    out = relu(h)
+    assert out.data_ptr() != h.data_ptr() and (h < 0).any()  # training: a new tensor, the input kept
+    out.sum().backward()
+    assert torch.equal(x.grad, (x > 0).float())
+    with torch.no_grad():
+        h = x * 1.0
+        assert relu(h).data_ptr() == h.data_ptr() and torch.equal(h, x.detach().clamp(min=0))

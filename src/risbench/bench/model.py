@@ -5,8 +5,8 @@ weights, paper size by default: ``scale=paper``), runs ``bench.warmup`` untimed 
 timed iterations on the same input, and reports its median; a cell's figure is the median of the
 per-process medians, with the min..max of every timed iteration beside it.
 
-* precisions: ``fp32`` and ``bf16`` (autocast), the same path in both (risbench's default: fused
-  ``scaled_dot_product_attention``); ``bench.path=reference`` switches every attention to explicit
+* precisions: ``fp32`` and ``bf16`` (autocast), risbench's default path in both (fused
+  ``scaled_dot_product_attention``; Swin's windows use explicit matmuls in bf16 training on CPU); ``bench.path=reference`` switches every attention to explicit
   matmuls (what FLOP counters see), for checking FLOP tables, not as the baseline of a speed claim;
 * modes: ``forward`` (eval, no_grad, forward + mask logits), ``train_step`` (train mode, forward + loss +
   backward) and ``optimizer_step`` (AdamW's step alone, after a backward);

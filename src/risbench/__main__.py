@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from risbench.config import CONF_DIR, check_scale
+from risbench.config import (CONF_DIR, CONFIG_ERRORS, check_config_types, check_scale, check_value_type,
+                             config_error_message)
 from risbench.errors import RisbenchError
+
+# the root's own values (the `_target_` nodes are checked against their targets' signatures)
+ROOT_TYPES = {"seed": int, "overwrite": bool, "ckpt_path": str | None}
 
 # mode -> "module:function" under risbench.tasks (imported lazily: profile needs no data stack)
 TASKS = {
@@ -34,6 +39,9 @@ def run_task(cfg: DictConfig):
         raise RisbenchError(f"unknown mode={cfg.mode!r}; choose one of {', '.join(TASKS)}")
     choices = HydraConfig.get().runtime.choices
     check_scale(choices.get("model"), choices.get("scale"))
+    for key, wanted in ROOT_TYPES.items():
+        check_value_type(cfg.get(key), wanted, key)
+    check_config_types(cfg)
     module_name, function_name = TASKS[cfg.mode].split(":")
     task = getattr(importlib.import_module(module_name), function_name)
     _log_once()
@@ -49,5 +57,20 @@ def main(cfg: DictConfig):
         sys.exit(2)
 
 
+def cli() -> None:
+    """`main`, with a config that does not compose (an unknown group option or key, a bad override) as one
+    message and exit status 2: Hydra would print its own report and exit with 1. Hydra re-raises its errors
+    here only under HYDRA_FULL_ERROR=1, so it is set for the run; a user who set it gets the full trace."""
+    user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except CONFIG_ERRORS as error:
+        if user_wants_trace:
+            raise
+        print(f"\nrisbench error: {config_error_message(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

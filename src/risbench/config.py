@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
 import sys
+import typing
 from pathlib import Path
 
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+
+from risbench.errors import RisbenchError
 
 # conf/ sits at the repository root (installed in editable mode, as the README says)
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -87,17 +94,130 @@ def split_options(argv: list[str], defaults: dict[str, str]) -> tuple[dict[str, 
     return options, overrides
 
 
-def instantiate_node(node, **kwargs):
+CONFIG_ERRORS = (HydraException, OmegaConfBaseException)
+
+
+def config_error_message(error: Exception) -> str:
+    """A composition or override error as one message: Hydra's text without its search path (its internals),
+    the OmegaConf cause it wraps (which names the key), and how to look."""
+    text = str(error).split("Config search path:")[0].strip()
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip() not in text:
+        text += "\n  " + str(cause).strip()
+    key = getattr(error, "full_key", None)
+    if key and f"full_key: {key}" not in text:
+        text += f" (key: {key})"
+    return (f"bad config or override: {text}\n  how to fix: check the override's key and value against the "
+            "config (python -m risbench --cfg job prints it; each folder under conf/ lists a group's options)")
+
+
+def compose_config(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
+    """The project's Hydra config with command-line style overrides; a bad override is a `RisbenchError`."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    except CONFIG_ERRORS as error:
+        raise RisbenchError(config_error_message(error)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(hint):
+    """pydantic's lax validator of one type hint (numbers pass as text); None where pydantic has no schema."""
+    from pydantic import ConfigDict, TypeAdapter
+
+    try:
+        return TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True, coerce_numbers_to_str=True))
+    except Exception:  # a hint pydantic cannot build a schema for (a TypeVar, a protocol): not checked
+        return None
+
+
+def _plain_leaf(value):
+    """A config leaf (or a list of leaves) as plain Python; None for nested nodes."""
+    if isinstance(value, ListConfig):
+        items = OmegaConf.to_container(value, resolve=True)
+        return items if all(not isinstance(item, (dict, list)) for item in items) else None
+    return None if isinstance(value, DictConfig) else value
+
+
+def _type_hints(target_path: str) -> dict:
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(target_path)
+        return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # an import error instantiate reports, or a forward reference only a type checker resolves
+        return {}
+
+
+def check_value_types(node, where: str, given: typing.Iterable[str] = (), recursive: bool = True) -> None:
+    """Every value of a ``_target_`` node (and of the nodes nested in it) against the target's type hints,
+    by pydantic in lax mode: text where a number is wanted (``trainer.max_epochs=abc``) is one message naming
+    the key here, not a TypeError deep inside the library later. Keys in ``given`` come from code, not the
+    config; targets whose hints do not resolve, and values that do not resolve yet, are left to instantiate."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    hints = _type_hints(node._target_)
+    for key in node:
+        if key.startswith("_") or key in given or OmegaConf.is_missing(node, key):
+            continue
+        try:
+            value = node[key]
+            plain = _plain_leaf(value)
+        except InterpolationResolutionError:  # e.g. ${hydra:...} outside a run: instantiate reports it if it must
+            continue
+        if isinstance(value, DictConfig):
+            if recursive and node.get("_recursive_", True):
+                check_value_types(value, f"{where}.{key}")
+            continue
+        if key in hints and plain is not None:
+            check_value_type(plain, hints[key], f"{where}.{key}", node._target_)
+
+
+def check_value_type(value, hint, key: str, target: str | None = None) -> None:
+    """One value against one type hint (pydantic, lax): a `RisbenchError` naming ``key`` if it does not fit."""
+    from pydantic import ValidationError
+
+    validator = _validator(hint)
+    if validator is None:
+        return
+    try:
+        validator.validate_python(value)
+    except ValidationError as error:
+        reasons = "; ".join(dict.fromkeys(item["msg"] for item in error.errors()))
+        wanted = (hint.__name__ if inspect.isclass(hint) else str(hint)).replace("typing.", "")
+        raise RisbenchError(f"{key}={value!r} is not a valid value: {reasons}\n  how to fix: give {key} a value "
+                            f"of type {wanted}{f' ({target})' if target else ''}") from None
+
+
+def check_config_types(cfg: DictConfig, where: str = "") -> None:
+    """`check_value_types` on every ``_target_`` node of the composed config, before a task builds anything."""
+    for key in cfg:
+        value = cfg[key]
+        if isinstance(value, DictConfig) and key != "hydra":
+            full_key = f"{where}.{key}" if where else str(key)
+            if "_target_" in value:
+                check_value_types(value, full_key)
+            else:
+                check_config_types(value, full_key)
+
+
+def instantiate_node(node, *, config_key: str | None = None, **kwargs):
     """``hydra.utils.instantiate`` whose failures are risbench's one message naming the config key.
 
-    A `RisbenchError` raised inside a constructor comes out as it is; any other error (an unknown or
-    missing argument, a bad value) becomes a `RisbenchError` that names the node (``full_key``) and the cause.
+    Values are checked against the target's type hints first (`check_value_types`). A `RisbenchError` raised
+    inside a constructor comes out as it is; any other error (an unknown or missing argument, a bad value)
+    becomes a `RisbenchError` that names the node and the cause. ``config_key`` names a node passed as a
+    plain dict (which has lost its place in the config).
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from risbench.errors import RisbenchError
-
+    if isinstance(node, (dict, DictConfig)):
+        checked = OmegaConf.create(node) if isinstance(node, dict) else node
+        check_value_types(checked, config_key or checked._get_full_key(None) or "the config", given=kwargs,
+                          recursive=kwargs.get("_recursive_", True))
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
@@ -106,8 +226,9 @@ def instantiate_node(node, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, RisbenchError):
             raise cause from None
-        key = re.search(r"full_key: (\S+)", str(error))
-        where = key.group(1) if key else "the config"
+        inner = re.search(r"full_key: (\S+)", str(error))
+        inner = inner.group(1) if inner else None
+        where = f"{config_key}.{inner}" if config_key and inner else config_key or inner or "the config"
         raise RisbenchError(f"cannot build {where} from the config: {type(cause).__name__}: {cause}\n"
                             f"  how to fix: check the keys and values under {where} (python -m risbench "
                             "--cfg job shows the composed config)") from None
@@ -115,8 +236,6 @@ def instantiate_node(node, **kwargs):
 
 def check_scale(model: str, scale: str, conf_dir: Path = CONF_DIR) -> None:
     """``scale=tiny`` needs the model's CPU-size file; without it the model would run at paper size."""
-    from risbench.errors import RisbenchError
-
     if scale != "paper" and not (Path(conf_dir) / "model_scale" / f"{model}_{scale}.yaml").is_file():
         raise RisbenchError(f"scale={scale} needs conf/model_scale/{model}_{scale}.yaml, which does not exist: "
                             f"model={model} has no {scale} size.\n  how to fix: write that file (see the README, "

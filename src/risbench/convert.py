@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from risbench.config import compose_config
 from risbench.errors import RisbenchError
 
 LAVT_TARGET = "risbench.models.lavt.LAVT"
@@ -32,20 +33,6 @@ LAVT_HINT = "pass a checkpoint file of LAVT's code (github.com/yz93/LAVT-RIS, RE
 # LAVT's args.dataset / args.splitBy -> the risbench data config evaluating on the same split
 LAVT_DATASETS = {("refcoco", None): "refcoco", ("refcoco+", None): "refcoco_plus",
                  ("refcocog", "umd"): "refcocog_umd", ("refcocog", "google"): "refcocog_google"}
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-
-    from risbench.config import CONF_DIR
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except HydraException as error:
-        raise RisbenchError(f"the overrides {overrides} do not compose: {error}") from None
 
 
 def override_keys(overrides: list[str]) -> set[str]:
@@ -111,7 +98,7 @@ def write_converted(state: dict[str, torch.Tensor], model_overrides: list[str], 
 
     if out.exists():
         raise RisbenchError(f"{out} already exists.\n  how to fix: give another output path, or delete that file")
-    cfg = compose(model_overrides)
+    cfg = compose_config(model_overrides)
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
         net = build_net(cfg, vocab_size)
     problem = fit_report(state, net.state_dict())
@@ -135,7 +122,7 @@ def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]
     state, dropped = official_checkpoint_filter_fn(checkpoint)
     args = checkpoint.get("args")
     overrides = with_defaults(overrides)
-    cfg = compose(overrides)
+    cfg = compose_config(overrides)
     extra = architecture_overrides(args, cfg, override_keys(overrides))
     vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
     prefix = "base." if lavt_node(cfg) == "model.base" else ""
@@ -168,7 +155,7 @@ def convert_lgformer_official(checkpoint_path: Path, out: Path, overrides: list[
                             f"(keys: {sorted(checkpoint)[:6]}).\n  how to fix: {LGFORMER_HINT}")
     overrides = [*(["model=lgformer"] if "model" not in override_keys(overrides) else []), *overrides]
     overrides = [*(["scale=paper"] if "scale" not in override_keys(overrides) else []), *overrides]
-    cfg = compose(overrides)
+    cfg = compose_config(overrides)
     if cfg.model._target_ != "risbench.models.lgformer.LGFormer":
         raise RisbenchError(f"LGFormer weights go into model=lgformer, not {cfg.model._target_}")
     state, dropped = lgformer.convert_lgformer_official(checkpoint,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from risbench.config import CONF_DIR, check_scale
+from risbench.config import CONF_DIR, check_config_types, check_scale, check_value_types
 from risbench.errors import RisbenchError
 from risbench.tasks.common import build_net
 from tests.helpers import compose_config, run_cli, sweep_jobs
@@ -34,6 +36,8 @@ def test_experiment_composes_at_paper_and_tiny_scale(experiment):
     choice = paper.hydra.runtime.choices["model_scale"]  # optional: no such file at paper size
     assert choice.endswith("_paper") and not (CONF_DIR / "model_scale" / f"{choice}.yaml").exists()
     tiny = compose_config([f"experiment={experiment}", *TINY], with_hydra=True)
+    for cfg in (paper, tiny):  # every value fits its target's type hints: the start-up check refuses nothing
+        check_config_types(cfg)
     model = tiny.hydra.runtime.choices["model"]
     assert tiny.scale_name == "tiny" and tiny.data.dataset == "synthref"
     assert tiny.hydra.runtime.choices["model_scale"] == f"{model}_tiny"
@@ -69,6 +73,7 @@ def test_every_sweep_job_builds_its_model_at_tiny_scale(experiment):
     assert len(jobs) > 1, f"{experiment} sweeps {jobs}"
     for job in jobs:
         cfg = compose_config([f"experiment={experiment}", *TINY, *job])
+        check_config_types(cfg)
         # a data sweep is overridden by data=synthref on the command line; every other knob must survive
         for override in job:
             key, value = override.lstrip("+").split("=", 1)
@@ -99,3 +104,27 @@ def test_default_is_tiny_sadlr_on_synthref_for_a_fixed_number_of_steps():
     assert (cfg.mode, cfg.scale_name, cfg.data.dataset) == ("train", "tiny", "synthref")
     assert cfg.model._target_.endswith("SADLR") and cfg.model.base._target_.endswith("LAVT")
     assert (cfg.trainer.max_epochs, cfg.trainer.max_steps) == (-1, 1116)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not a valid value: Input should be a valid integer"),
+    ("trainer.precision=bf17", "trainer.precision='bf17' is not a valid value: Input should be 64, 32 or 16"),
+    ("trainer.max_epochs=1.5", "got a number with a fractional part"),
+    ("model.head.iterations=abc", "model.head.iterations='abc' is not a valid value"),
+    ("data.batch_size=[4,8]", "data.batch_size=[4, 8] is not a valid value"),
+])
+def test_a_value_of_the_wrong_type_is_refused_naming_its_key(override, message):
+    with pytest.raises(RisbenchError, match=re.escape(message)):
+        check_config_types(compose_config([override]))
+
+
+@pytest.mark.parametrize("override", ["trainer.precision=bf16-mixed", "trainer.devices=auto", "trainer.max_epochs=2",
+                                      "trainer.limit_train_batches=0.25", "trainer.max_time=00:00:05:00",
+                                      "logger.csv.name=7"])
+def test_values_the_targets_accept_pass(override):
+    check_config_types(compose_config([override]))
+
+
+def test_keys_given_by_code_are_not_checked():
+    node = compose_config(["trainer.max_epochs=abc"]).trainer
+    check_value_types(node, "trainer", given={"max_epochs"})

@@ -17,6 +17,7 @@ from PIL import Image
 
 from risbench.data.synthref import ensure_synthref, synthref_dir
 from tests.fixtures import SMALL_SYNTHREF, make_refer
+from tests.helpers import run_cli
 from tests.reliability.probes import digest, module, one_message, risbench
 
 
@@ -161,6 +162,34 @@ def test_a_fixed_sweep_folder_twice_is_refused(tmp_path):
 def test_errors_inside_constructors_are_one_message(tmp_path, data_dir, args, message):
     one_message(risbench(tmp_path, data_dir, *args, "trainer.max_steps=1"), 2, message)
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["data.root=/data"], "Key 'root' is not in struct\n    full_key: data.root"),
+    (["trainer.max_epochs=[1"], "no viable alternative at input '[1'"),
+    (["-m", "foo=1,2"], "Could not override 'foo'"),
+])
+def test_a_config_that_does_not_compose_is_one_message(tmp_path, args, message):
+    one_message(risbench(tmp_path, tmp_path / "data", *args, small_data=False), 2, "risbench error: bad config or "
+                "override", message)
+    assert not (tmp_path / "outputs").exists()  # (a sweep folder holds only Hydra's multirun.yaml)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not a valid value"),
+    (["seed=abc"], "seed='abc' is not a valid value"),
+    (["paths.data_dir=${oops}"], "Interpolation key 'oops' not found"),
+    (["-m", "trainer.max_steps=1", "seed=abc,2"], "seed='abc' is not a valid value"),
+])
+def test_a_bad_value_is_one_message_before_anything_is_built(tmp_path, args, message):
+    one_message(risbench(tmp_path, tmp_path / "data", *args, small_data=False), 2, message)
+    assert not (tmp_path / "data").exists() and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_hydra_full_error_still_gives_the_full_trace(tmp_path):
+    result = run_cli(["foo=1"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ConfigCompositionException" in result.stderr
 
 
 def test_resuming_from_another_models_checkpoint_is_one_message(tmp_path, trained_tiny, data_dir):

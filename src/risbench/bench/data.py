@@ -12,8 +12,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from risbench.config import instantiate_node
-from risbench.data.check import compose_config
+from risbench.config import compose_config, instantiate_node
 from risbench.data.tokenizers import build_tokenizer
 from risbench.errors import RisbenchError
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from risbench.config import split_options
+from risbench.config import check_config_types, compose_config, split_options
+from risbench.errors import RisbenchError
 from risbench.models.common.attention import explicit_attention
 from risbench.tasks.profile import dummy_batch
 
@@ -45,20 +46,11 @@ OPTIONS = {"bench.batch_size": "1", "bench.warmup": "2", "bench.repeats": "5", "
            "bench.expressions_per_image": "1", "bench.out": ""}
 
 
-def _config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from risbench.config import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*BENCH_DEFAULTS, *overrides])
-
-
 def build(overrides: list[str], batch_size: int, expressions_per_image: int, device: torch.device):
     """The configured model (random weights) and its input batch on ``device``."""
     from risbench.tasks.common import build_net
 
-    cfg = _config(overrides)
+    cfg = compose_config([*BENCH_DEFAULTS, *overrides])
     vocab_size = int(cfg.tokenizer.vocab_size or 1000)
     net = build_net(cfg, vocab_size).to(device)
     batch = {key: value.to(device) for key, value in
@@ -165,14 +157,14 @@ def summarise(cells: list[dict], macs: dict) -> dict:
 def _positive_int(options: dict[str, str], key: str) -> int:
     value = options[key]
     if not value.isdigit() or int(value) < 1:
-        sys.exit(f"risbench error: {key}={value} must be a whole number >= 1")
+        raise RisbenchError(f"{key}={value} must be a whole number >= 1")
     return int(value)
 
 
 def _choices(options: dict[str, str], key: str, allowed: tuple[str, ...]) -> list[str]:
     values = [v for v in options[key].split(",") if v]
     if not values or any(v not in allowed for v in values):
-        sys.exit(f"risbench error: {key}={options[key]} must be a comma-separated subset of {','.join(allowed)}")
+        raise RisbenchError(f"{key}={options[key]} must be a comma-separated subset of {','.join(allowed)}")
     return values
 
 
@@ -197,8 +189,6 @@ def out_dir(option: str, overrides: list[str]) -> Path:
 
 def child_main(argv: list[str]) -> None:
     """A child process: one cell (``--cell PRECISION MODE``) or the MACs (``--macs``), JSON on the last line."""
-    from risbench.errors import RisbenchError
-
     try:
         if argv[0] == "--cell":
             precision, mode = argv[1], argv[2]
@@ -213,11 +203,16 @@ def child_main(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if argv[:1] in (["--cell"], ["--macs"]):
         child_main(argv)
-        return
-    options, overrides = parse(argv)
+        return 0
+    try:
+        options, overrides = parse(argv)
+        check_config_types(compose_config([*BENCH_DEFAULTS, *overrides]))  # one message before any folder is made
+    except RisbenchError as error:
+        print(f"risbench error: {error}", file=sys.stderr)
+        return 2
     folder = out_dir(options["out"], overrides)
     folder.mkdir(parents=True, exist_ok=False)  # never write over an earlier measurement
     macs = _child(["--macs", *argv])
@@ -234,6 +229,7 @@ def main(argv: list[str]) -> None:
     (folder / "bench.json").write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"written to {folder / 'bench.json'}")
+    return 0
 
 
 def _child(args: list[str]) -> dict:
@@ -263,4 +259,4 @@ def print_table(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -24,13 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pycocotools.mask as mask_utils
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from risbench.config import CONF_DIR, instantiate_node
+from risbench.config import CONFIG_ERRORS, compose_config, config_error_message, instantiate_node
 from risbench.data.coverage import coverage_table, coverage_warnings, text_coverage
 from risbench.data.datamodule import SPLITS
 from risbench.errors import RisbenchError
@@ -64,12 +61,6 @@ PROBLEMS = ("missing", "unreadable", "truncated", "wrong_size", "missing_annotat
             "empty_expression")
 FAILING = {"missing", "unreadable", "truncated", "wrong_size", "missing_annotation"}
 MAX_LISTED = 20
-
-
-def compose_config(overrides: list[str], config_dir: str | Path | None = None) -> DictConfig:
-    """The project's Hydra config with command-line style overrides."""
-    with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def published_splits(dataset: str, split_by: str) -> dict:
@@ -215,11 +206,11 @@ def main(argv: list[str], config_dir: str | Path | None = None) -> int:
         cfg = compose_config(overrides, config_dir)
         report, ok = check_data(cfg.data, quick=quick, tokenizer_cfg=cfg.get("tokenizer"),
                                 refer_root=cfg.get("paths", {}).get("refer_root"))
-    except (HydraException, OmegaConfBaseException) as error:
-        print(f"risbench data check: bad config or overrides: {error}", file=sys.stderr)
-        return 2
     except RisbenchError as error:
         print(f"risbench data check: {error}", file=sys.stderr)
+        return 2
+    except CONFIG_ERRORS as error:  # an interpolation that does not resolve
+        print(f"risbench data check: {config_error_message(error)}", file=sys.stderr)
         return 2
     print(report)
     return 0 if ok else 1

@@ -12,8 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from risbench.config import instantiate_node, split_options
-from risbench.data.check import compose_config
+from risbench.config import CONFIG_ERRORS, compose_config, config_error_message, instantiate_node, split_options
 from risbench.data.tokenizers import glove_tokenize
 from risbench.errors import RisbenchError
 
@@ -30,9 +29,6 @@ def training_words(datamodule, min_count: int = 1) -> list[str]:
 
 def main(argv: list[str]) -> int:
     options, overrides = split_options(argv, {"out": None, "min_count": "1"})
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         cfg = compose_config(overrides)
         datamodule = instantiate_node(cfg.data, _recursive_=False)
@@ -41,11 +37,11 @@ def main(argv: list[str]) -> int:
         if out.exists():
             raise RisbenchError(f"{out} exists already; pass out=OTHER_PATH (existing files are never overwritten)")
         words = training_words(datamodule, int(options["min_count"]))
-    except (HydraException, OmegaConfBaseException) as error:
-        print(f"risbench data vocab: bad config or overrides: {error}", file=sys.stderr)
-        return 2
     except RisbenchError as error:
         print(f"risbench data vocab: {error}", file=sys.stderr)
+        return 2
+    except CONFIG_ERRORS as error:  # an interpolation that does not resolve
+        print(f"risbench data vocab: {config_error_message(error)}", file=sys.stderr)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(words) + "\n", encoding="utf-8")

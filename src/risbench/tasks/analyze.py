@@ -28,7 +28,7 @@ def analyze(cfg: DictConfig) -> dict:
         cfg, _, tokenizer = config_from_checkpoint(cfg, checkpoint)
     options = OmegaConf.to_container(cfg.analysis, resolve=True)
     split = options.pop("split", "val")
-    function = instantiate_node({key: value for key, value in options.items() if key != "split"})
+    function = instantiate_node(options, config_key="analysis")
     datamodule = build_datamodule(cfg, tokenizer)
     net = build_net(cfg, datamodule.tokenizer.vocab_size)
     if ckpt_path is None:

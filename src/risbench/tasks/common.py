@@ -63,7 +63,7 @@ def build_net(cfg: DictConfig, vocab_size: int) -> RISModel:
     """The configured model; ``model.grad_checkpointing`` and ``model.compile`` apply to every model."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
     options = {key: node.pop(key, False) for key in HARNESS_MODEL_KEYS}
-    net = instantiate_node(node, vocab_size=vocab_size, _convert_="all")
+    net = instantiate_node(node, config_key="model", vocab_size=vocab_size, _convert_="all")
     if not isinstance(net, RISModel):
         raise RisbenchError(f"model._target_ {cfg.model._target_} is not a risbench.models.base.RISModel")
     if options["grad_checkpointing"]:

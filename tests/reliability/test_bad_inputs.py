@@ -158,6 +158,7 @@ def test_a_fixed_sweep_folder_twice_is_refused(tmp_path):
     (["model.base.gate_init=ones"], "must be one of ['lavt', 'zero'], got 'ones'"),
     (["model.head.iterations=-1"], "model.head.iterations must be >= 0 (0 = the base's own classifier), got -1"),
     (["model.head.structure=d12x"], "model.head.structure must look like d128-512 or d128-512x2"),
+    (["eval.ckpt_select=worst"], "eval.ckpt_select must be 'best' or 'last', got 'worst'"),
 ])
 def test_errors_inside_constructors_are_one_message(tmp_path, data_dir, args, message):
     one_message(risbench(tmp_path, data_dir, *args, "trainer.max_steps=1"), 2, message)

@@ -18,10 +18,14 @@ from risbench.tasks.common import (build_datamodule, build_lit, build_net, build
                                    write_predictions, write_results)
 
 
-def selected_checkpoint(trainer: L.Trainer, select: str) -> str | None:
-    """The best (monitored) or the last (unmonitored) checkpoint this fit wrote, in this run's own folder."""
+def check_ckpt_select(select: str) -> None:
+    """Before fit: a bad ``eval.ckpt_select`` found after training would waste the run."""
     if select not in ("best", "last"):
         raise RisbenchError(f"eval.ckpt_select must be 'best' or 'last', got {select!r}")
+
+
+def selected_checkpoint(trainer: L.Trainer, select: str) -> str | None:
+    """The best (monitored) or the last (unmonitored) checkpoint this fit wrote, in this run's own folder."""
     paths = {"best" if callback.monitor else "last": callback.best_model_path
              for callback in trainer.checkpoint_callbacks if callback.best_model_path}
     path = paths.get(select) or paths.get("last")
@@ -58,6 +62,7 @@ def check_optim(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict:
     started = time.time()
+    check_ckpt_select(cfg.eval.ckpt_select)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     net = build_net(cfg, datamodule.tokenizer.vocab_size)

@@ -151,14 +151,19 @@ def _type_hints(target_path: str) -> dict:
         return {}
 
 
-def check_value_types(node, where: str, given: typing.Iterable[str] = (), recursive: bool = True) -> None:
+def check_value_types(node, where: str, given: typing.Iterable[str] = (), recursive: bool = True,
+                      target: str | None = None) -> None:
     """Every value of a ``_target_`` node (and of the nodes nested in it) against the target's type hints,
     by pydantic in lax mode: text where a number is wanted (``trainer.max_epochs=abc``) is one message naming
     the key here, not a TypeError deep inside the library later. Keys in ``given`` come from code, not the
-    config; targets whose hints do not resolve, and values that do not resolve yet, are left to instantiate."""
-    if not isinstance(node, DictConfig) or "_target_" not in node:
+    config; targets whose hints do not resolve, and values that do not resolve yet, are left to instantiate.
+    ``target`` names the builder of a node that has no ``_target_`` (`BUILT_BY_CODE`)."""
+    if not isinstance(node, DictConfig):
         return
-    hints = _type_hints(node._target_)
+    target = target or node.get("_target_")
+    if target is None:
+        return
+    hints = _type_hints(target)
     for key in node:
         if key.startswith("_") or key in given or OmegaConf.is_missing(node, key):
             continue
@@ -172,7 +177,7 @@ def check_value_types(node, where: str, given: typing.Iterable[str] = (), recurs
                 check_value_types(value, f"{where}.{key}")
             continue
         if key in hints and plain is not None:
-            check_value_type(plain, hints[key], f"{where}.{key}", node._target_)
+            check_value_type(plain, hints[key], f"{where}.{key}", target)
 
 
 def check_value_type(value, hint, key: str, target: str | None = None) -> None:
@@ -191,14 +196,19 @@ def check_value_type(value, hint, key: str, target: str | None = None) -> None:
                             f"of type {wanted}{f' ({target})' if target else ''}") from None
 
 
+# top-level nodes without a `_target_` whose keys are the arguments of a function risbench calls
+BUILT_BY_CODE = {"tokenizer": "risbench.data.tokenizers.build_tokenizer"}
+
+
 def check_config_types(cfg: DictConfig, where: str = "") -> None:
-    """`check_value_types` on every ``_target_`` node of the composed config, before a task builds anything."""
+    """`check_value_types` on every ``_target_`` node of the composed config (and on `BUILT_BY_CODE`'s), before
+    a task builds anything."""
     for key in cfg:
         value = cfg[key]
         if isinstance(value, DictConfig) and key != "hydra":
             full_key = f"{where}.{key}" if where else str(key)
-            if "_target_" in value:
-                check_value_types(value, full_key)
+            if "_target_" in value or full_key in BUILT_BY_CODE:
+                check_value_types(value, full_key, target=BUILT_BY_CODE.get(full_key))
             else:
                 check_config_types(value, full_key)
 

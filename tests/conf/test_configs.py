@@ -112,6 +112,7 @@ def test_default_is_tiny_sadlr_on_synthref_for_a_fixed_number_of_steps():
     ("trainer.max_epochs=1.5", "got a number with a fractional part"),
     ("model.head.iterations=abc", "model.head.iterations='abc' is not a valid value"),
     ("data.batch_size=[4,8]", "data.batch_size=[4, 8] is not a valid value"),
+    ("tokenizer.max_length=abc", "tokenizer.max_length='abc' is not a valid value"),  # built by code, no _target_
 ])
 def test_a_value_of_the_wrong_type_is_refused_naming_its_key(override, message):
     with pytest.raises(RisbenchError, match=re.escape(message)):

@@ -6,8 +6,9 @@ timed iterations on the same input, and reports its median; a cell's figure is t
 per-process medians, with the min..max of every timed iteration beside it.
 
 * precisions: ``fp32`` and ``bf16`` (autocast), risbench's default path in both (fused
-  ``scaled_dot_product_attention``; Swin's windows use explicit matmuls in bf16 training on CPU); ``bench.path=reference`` switches every attention to explicit
-  matmuls (what FLOP counters see), for checking FLOP tables, not as the baseline of a speed claim;
+  ``scaled_dot_product_attention``; Swin's windows use explicit matmuls in bf16 training on CPU);
+  ``bench.path=reference`` switches every attention to explicit matmuls (what FLOP counters see), for
+  checking FLOP tables, not as the baseline of a speed claim;
 * modes: ``forward`` (eval, no_grad, forward + mask logits), ``train_step`` (train mode, forward + loss +
   backward) and ``optimizer_step`` (AdamW's step alone, after a backward);
 * memory: CPU = peak resident set of the cell's fresh process (build included), GPU =

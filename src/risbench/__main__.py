@@ -57,14 +57,35 @@ def main(cfg: DictConfig):
         sys.exit(2)
 
 
+def check_hydra_flags(argv: list[str]) -> None:
+    """Hydra's command flags that it refuses together, read by Hydra's own parser (Hydra raises a bare
+    ValueError for them, which cannot be told apart from a task's)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    commands = {"--run": args.run, "--multirun": args.multirun, "--cfg": args.cfg is not None,
+                "--info": args.info is not None, "--shell-completion": args.shell_completion}
+    given = [flag for flag, on in commands.items() if on]
+    if len(given) > 1:
+        raise RisbenchError(f"{' and '.join(given)} cannot be combined; give one of {', '.join(commands)} "
+                            "per call (python -m risbench --cfg job shows one run's config)")
+    if args.resolve and args.cfg is None and not args.help:
+        raise RisbenchError("--resolve goes with --cfg (python -m risbench --cfg job --resolve)")
+
+
 def cli() -> None:
-    """`main`, with a config that does not compose (an unknown group option or key, a bad override) as one
-    message and exit status 2: Hydra would print its own report and exit with 1. Hydra re-raises its errors
-    here only under HYDRA_FULL_ERROR=1, so it is set for the run; a user who set it gets the full trace."""
+    """`main`, with a config that does not compose (an unknown group option or key, a bad override) or
+    flags Hydra refuses together as one message and exit status 2: Hydra would print its own report and exit
+    with 1. Hydra re-raises its errors here only under HYDRA_FULL_ERROR=1, so it is set for the run; a user
+    who set it gets the full trace."""
     user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        check_hydra_flags(sys.argv[1:])
         main()
+    except RisbenchError as error:
+        print(f"\nrisbench error: {error}", file=sys.stderr)
+        sys.exit(2)
     except CONFIG_ERRORS as error:
         if user_wants_trace:
             raise

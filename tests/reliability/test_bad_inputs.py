@@ -99,19 +99,24 @@ def test_a_checkpoint_naming_a_malicious_best_model_is_never_loaded(tmp_path, tr
     assert {k: v for k, v in digest(tmp_path / "outputs").items() if k.startswith("poison/earlier")} == before
 
 
+# the reason torch gives, kept in the message; and torch's advice around it, which is left out
+REFUSED_GLOBAL = "unsupported GLOBAL posix.system"
+TORCH_ADVICE = "`weights_only` set to `False`"
+
+
 @pytest.mark.parametrize("args", [["mode=eval"], ["trainer.max_steps=1"]])
 def test_a_checkpoint_that_runs_code_when_loaded_is_refused(tmp_path, data_dir, args):
     marker, evil = tmp_path / "pwned", _evil_file(tmp_path / "evil.ckpt", tmp_path / "pwned")
     result = risbench(tmp_path, data_dir, *args, f"ckpt_path={evil}")
-    one_message(result, 2, f"checkpoint {evil} could not be read safely")
-    assert not marker.exists()
+    one_message(result, 2, f"checkpoint {evil} could not be read safely", REFUSED_GLOBAL)
+    assert TORCH_ADVICE not in result.stderr and not marker.exists()
 
 
 def test_a_released_checkpoint_that_runs_code_is_refused_by_the_converter(tmp_path):
     marker, evil = tmp_path / "pwned", _evil_file(tmp_path / "lavt.pth", tmp_path / "pwned")
     result = module(tmp_path, "risbench.convert", "lavt-official", str(evil), str(tmp_path / "out.ckpt"))
-    one_message(result, 2, "could not be read safely")
-    assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
+    one_message(result, 2, "could not be read safely", REFUSED_GLOBAL)
+    assert TORCH_ADVICE not in result.stderr and not marker.exists() and not (tmp_path / "out.ckpt").exists()
 
 
 # ------------------------------------------------------------------------------- datasets and runs never replaced
@@ -186,6 +191,15 @@ def test_a_config_that_does_not_compose_is_one_message(tmp_path, args, message):
 def test_a_bad_value_is_one_message_before_anything_is_built(tmp_path, args, message):
     one_message(risbench(tmp_path, tmp_path / "data", *args, small_data=False), 2, message)
     assert not (tmp_path / "data").exists() and not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "--cfg", "job"], "--multirun and --cfg cannot be combined"),
+    (["--resolve"], "--resolve goes with --cfg"),
+])
+def test_hydra_flags_refused_together_are_one_message(tmp_path, args, message):
+    one_message(run_cli(args, cwd=tmp_path), 2, message)
+    assert not list(tmp_path.iterdir())
 
 
 def test_hydra_full_error_still_gives_the_full_trace(tmp_path):

@@ -26,6 +26,7 @@ from risbench.data.tokenizers import build_tokenizer, same_vocabulary, tokenizer
 from risbench.errors import MissingFileError, RisbenchError
 from risbench.lit import RISLitModule
 from risbench.models.base import RISModel
+from risbench.models.common.weights import load_failure
 
 log = logging.getLogger("risbench")
 _info, _warn = rank_zero_only(log.info), rank_zero_only(log.warning)  # once, not once per DDP rank
@@ -96,9 +97,9 @@ def read_checkpoint(ckpt_path: str) -> dict:
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RisbenchError(f"checkpoint {ckpt_path} could not be read safely ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}).\n  how to fix: use a checkpoint "
-                            "risbench wrote (or converted with python -m risbench.convert)") from None
+        raise RisbenchError(f"checkpoint {ckpt_path} could not be read safely ({load_failure(exc)}).\n"
+                            "  how to fix: use a checkpoint risbench wrote (or converted with python -m "
+                            "risbench.convert)") from None
     if not isinstance(checkpoint, dict):
         raise RisbenchError(f"{ckpt_path} holds a {type(checkpoint).__name__}, not a risbench checkpoint")
     return checkpoint

@@ -11,6 +11,17 @@ from torch import nn
 
 from risbench.errors import MissingFileError, RisbenchError
 
+# the lines torch writes around a weights_only refusal: advice (turning the check off among it), not the reason
+_TORCH_LOAD_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
+
+
+def load_failure(exc: Exception) -> str:
+    """Why a file did not load, on one line: torch's reason (the global it refused, the bad opcode) without
+    its advice, which suggests ``weights_only=False``, the one thing never to do with a stranger's file."""
+    reason = [line.strip() for line in str(exc).splitlines()
+              if line.strip() and not line.strip().startswith(_TORCH_LOAD_ADVICE)]
+    return f"{type(exc).__name__}: {'; '.join(reason)}" if reason else type(exc).__name__
+
 
 def read_state_dict(path: str | Path, what: str, hint: str) -> dict[str, torch.Tensor]:
     """Read a ``.pth/.pt/.bin``, ``.safetensors`` or ``.npz`` file into a flat state dict.
@@ -34,7 +45,7 @@ def read_state_dict(path: str | Path, what: str, hint: str) -> dict[str, torch.T
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable file: say which and why
-        raise RisbenchError(f"{what} at {path} could not be read ({type(exc).__name__}: {exc}).\n"
+        raise RisbenchError(f"{what} at {path} could not be read ({load_failure(exc)}).\n"
                             f"  how to fix: {hint}") from None
     for key in ("model", "state_dict", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -54,7 +65,7 @@ def read_released_checkpoint(path: str | Path, what: str, hint: str) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable, or it holds objects other than tensors, containers and a Namespace
-        raise RisbenchError(f"{what} at {path} could not be read safely ({type(exc).__name__}: {exc}).\n"
+        raise RisbenchError(f"{what} at {path} could not be read safely ({load_failure(exc)}).\n"
                             f"  how to fix: {hint}") from None
     if not isinstance(checkpoint, dict):
         raise RisbenchError(f"{what} at {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")

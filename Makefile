@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not slow'"` for the fast suite only
+# extra pytest arguments, e.g. `make test PYTEST_ARGS="-x tests/models"`
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-fast profile bench
+.PHONY: install train test test-all profile bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,13 @@ install: $(VENV)/.installed
 train: install
 	$(PY) -m risbench
 
+# the default suite (CI's): everything but the tests marked slow
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-fast: install
-	$(PY) -m pytest -m "not slow"
+# the whole suite, slow tests (end-to-end sweeps, resume, DDP, bench) included: run it before every merge
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 profile: install
 	$(PY) -m risbench mode=profile

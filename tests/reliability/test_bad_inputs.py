@@ -70,7 +70,7 @@ def test_a_refs_pickle_that_runs_a_command_is_refused_by_training(tmp_path, data
 
 
 def _evil_file(path: Path, marker: Path) -> Path:
-    torch.save({"state_dict": {}, "payload": TouchesMarker(marker)}, path)  # only weights_only=False would run it
+    torch.save({"state_dict": {}, "payload": TouchesMarker(marker)}, path)  # runs only in an unchecked load
     return path
 
 

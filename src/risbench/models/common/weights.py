@@ -17,7 +17,7 @@ _TORCH_LOAD_ADVICE = ("Weights only load failed", "Please file an issue", "Check
 
 def load_failure(exc: Exception) -> str:
     """Why a file did not load, on one line: torch's reason (the global it refused, the bad opcode) without
-    its advice, which suggests ``weights_only=False``, the one thing never to do with a stranger's file."""
+    its advice to turn the weights-only check off, the one thing never to do with a stranger's file."""
     reason = [line.strip() for line in str(exc).splitlines()
               if line.strip() and not line.strip().startswith(_TORCH_LOAD_ADVICE)]
     return f"{type(exc).__name__}: {'; '.join(reason)}" if reason else type(exc).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -462,3 +464,26 @@ def test_glove_npy_matrix_with_and_without_its_own_words(tmp_path):
         load_word_vectors(tmp_path / "own.npy", words, 3)
     with pytest.raises(MissingFileError, match="glove"):
         load_word_vectors(tmp_path / "missing.txt", words, 3)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("glove.50d.txt", "a 1 2\nb 3 4\n", "no line holds a word and 3 numbers"),  # another width
+    ("glove.txt", "a 1 2 x\n", "line 1: 'a' is not followed by 3 numbers"),
+    ("other.txt", "dog 1 2 3\n", "share no word"),
+    ("pickled.npy", None, "holds pickled objects"),
+    ("broken.npy", b"not a matrix", "could not be read as a .npy matrix"),
+    ("short.npy", np.ones((1, 3), dtype=np.float32), "2 lines: one word per row"),
+])
+def test_word_vectors_that_do_not_fit_the_table_are_refused(tmp_path, name, content, message):
+    (tmp_path / "vocab.txt").write_text("<pad>\na\nb\n<unk>\n")
+    (tmp_path / "own_words.txt").write_text("a\nb\n")
+    path = tmp_path / name
+    if content is None:  # a pickle inside: it must be refused, never run
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif isinstance(content, np.ndarray):
+        np.save(path, content)
+    else:
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    embed = torch.nn.Embedding(4, 3, padding_idx=0)
+    with pytest.raises(RisbenchError, match=re.escape(message)):
+        init_from_word_vectors(embed, path, tmp_path / "vocab.txt", tmp_path / "own_words.txt" if name == "short.npy" else None)

@@ -299,3 +299,12 @@ def test_images_of_every_mode_load_as_rgb():
     for mode in ("L", "CMYK", "RGBA", "P", "I;16"):
         image = Image.fromarray(np.zeros((4, 5), np.uint8)).convert(mode)
         assert to_rgb(image).mode == "RGB" and to_rgb(image).size == (5, 4)
+
+
+def test_word_vectors_holding_a_pickle_are_refused_never_loaded(tmp_path, data_dir):
+    marker = tmp_path / "pwned"
+    vectors = tmp_path / "glove.npy"
+    np.save(vectors, np.array([TouchesMarker(marker)], dtype=object), allow_pickle=True)
+    result = risbench(tmp_path, data_dir, "model=restr", f"model.text.glove_path={vectors}", "trainer.max_steps=1")
+    one_message(result, 2, f"word vectors at {vectors} could not be read as a .npy matrix (it holds pickled objects")
+    assert not marker.exists() and not list(tmp_path.rglob("*.ckpt"))

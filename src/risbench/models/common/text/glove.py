@@ -12,6 +12,7 @@ Words without a vector get ``N(0, oov_std)`` rows; the padding row (id 0) is zer
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from risbench.models.common.text import TextEncoder, masked_mean
 GLOVE_HINT = ("download glove.840B.300d.zip from https://nlp.stanford.edu/projects/glove/, unzip it and point "
               "the config at the .txt file (or at a saved .npy matrix), or set the path to null for a "
               "randomly initialised table")
+log = logging.getLogger("risbench")
 
 
 def _read_glove_text(path: Path, words: list[str], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,11 +35,13 @@ def _read_glove_text(path: Path, words: list[str], dim: int) -> tuple[np.ndarray
     index = {w: i for i, w in enumerate(words)}
     vectors = np.zeros((len(words), dim), dtype=np.float32)
     found = np.zeros(len(words), dtype=np.int8)  # 0 none, 1 lowercase match, 2 exact match
+    vector_lines = 0
     with path.open("r", encoding="utf-8", errors="ignore") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             parts = line.rstrip().rsplit(" ", dim)  # some 840B words contain spaces
             if len(parts) != dim + 1:
                 continue
+            vector_lines += 1
             word = parts[0]
             if word in index:
                 i, quality = index[word], 2
@@ -46,9 +50,26 @@ def _read_glove_text(path: Path, words: list[str], dim: int) -> tuple[np.ndarray
             else:
                 continue
             if found[i] < quality:
-                vectors[i] = np.asarray(parts[1:], dtype=np.float32)
+                try:
+                    vectors[i] = np.asarray(parts[1:], dtype=np.float32)
+                except ValueError:
+                    raise RisbenchError(f"word vectors at {path}, line {number}: {word!r} is not followed by "
+                                        f"{dim} numbers") from None
                 found[i] = quality
+    if not vector_lines:  # e.g. a 50-d file for a 300-d table: every line would be skipped
+        raise RisbenchError(f"word vectors at {path}: no line holds a word and {dim} numbers.\n"
+                            f"  how to fix: give a {dim}-d GloVe text file, or set the table's width to the file's")
     return vectors, found > 0
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    """A saved float matrix; a pickle inside a .npy is refused (it could run code), never loaded."""
+    try:
+        return np.load(path).astype(np.float32)
+    except (ValueError, OSError) as exc:
+        reason = "it holds pickled objects, not numbers" if "pickle" in str(exc) else str(exc)
+        raise RisbenchError(f"word vectors at {path} could not be read as a .npy matrix ({reason}).\n"
+                            f"  how to fix: {GLOVE_HINT}") from None
 
 
 def load_word_vectors(path: str | Path, words: list[str], dim: int,
@@ -58,7 +79,7 @@ def load_word_vectors(path: str | Path, words: list[str], dim: int,
     if not path.is_file():
         raise MissingFileError("word vectors (GloVe)", path, GLOVE_HINT)
     if path.suffix == ".npy":
-        matrix = np.load(path).astype(np.float32)
+        matrix = _read_matrix(path)
         if matrix.ndim != 2 or matrix.shape[1] != dim:
             raise RisbenchError(f"word vectors at {path} have shape {matrix.shape}, expected (rows, {dim})")
         if vectors_vocab is None:
@@ -67,7 +88,11 @@ def load_word_vectors(path: str | Path, words: list[str], dim: int,
                     f"word vectors at {path} have {matrix.shape[0]} rows but the tokenizer has {len(words)} "
                     "words.\n  how to fix: also give the matrix's own word list (model.text.glove_vocab_path)")
             return torch.from_numpy(matrix), torch.ones(len(words), dtype=torch.bool)
-        rows = {w: i for i, w in enumerate(read_vocab(vectors_vocab, require_specials=False))}
+        own_words = read_vocab(vectors_vocab, require_specials=False)
+        if len(own_words) != matrix.shape[0]:
+            raise RisbenchError(f"word vectors at {path} have {matrix.shape[0]} rows but their word list "
+                                f"{vectors_vocab} has {len(own_words)} lines: one word per row, in row order")
+        rows = {w: i for i, w in enumerate(own_words)}
         vectors = np.zeros((len(words), dim), dtype=np.float32)
         found = np.array([w in rows for w in words])
         for i, word in enumerate(words):
@@ -87,6 +112,10 @@ def init_from_word_vectors(embedding: nn.Embedding, path: str | Path, vocab_path
         raise RisbenchError(f"vocabulary {vocab_path} has {len(words)} words but the embedding table has "
                             f"{embedding.num_embeddings} rows; the tokenizer and the vocabulary file disagree")
     vectors, found = load_word_vectors(path, words, embedding.embedding_dim, vectors_vocab)
+    if not found.any():
+        raise RisbenchError(f"none of the {len(words)} words of {vocab_path} has a vector in {path}: they "
+                            "share no word (is model.text.vocab_path the tokenizer's vocabulary?)")
+    log.info("word vectors: %d of %d vocabulary words found in %s", int(found.sum()), len(words), path)
     weight = torch.randn_like(embedding.weight) * oov_std
     weight[found] = vectors[found].to(weight.dtype)
     if embedding.padding_idx is not None:

@@ -308,3 +308,16 @@ def test_word_vectors_holding_a_pickle_are_refused_never_loaded(tmp_path, data_d
     result = risbench(tmp_path, data_dir, "model=restr", f"model.text.glove_path={vectors}", "trainer.max_steps=1")
     one_message(result, 2, f"word vectors at {vectors} could not be read as a .npy matrix (it holds pickled objects")
     assert not marker.exists() and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_damaged_run_folder_is_one_message_from_the_report(tmp_path):
+    from tests.report.fake_runs import split_metrics, write_job
+
+    job = write_job(tmp_path / "sweep" / "0", "ablation/sadlr_table4a", [], {"val": split_metrics(0.5, 0.5)})
+    results = json.loads((job / "results.json").read_text())
+    results["metrics"]["val"]["oIoU"] = "0.5"
+    (job / "results.json").write_text(json.dumps(results))
+    before = digest(tmp_path / "sweep")
+    result = module(tmp_path, "risbench.report", str(tmp_path / "sweep"))
+    one_message(result, 2, f"{job / 'results.json'}: metrics.val.oIoU is '0.5', not a number")
+    assert digest(tmp_path / "sweep") == before and sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0"]

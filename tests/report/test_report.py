@@ -273,3 +273,79 @@ tables:
     assert list(a.paper.values()) == [70.0, 60.0, 50.0] and list(b.paper.values()) == [71.0, 61.0, 51.0]
     assert a.overrides == {"row/toy_table3": "a"} and a.reproducible and not b.reproducible
     assert table.plot == {"x": "buckets", "label": "expression length"} and not table.extras
+
+
+def _rewrite_json(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    (lambda job: (job / "results.json").write_text("[1, 2]"), "results.json", "holds a list, not the mapping"),
+    (lambda job: _rewrite_json(job / "results.json", lambda r: {**r, "metrics": [0.5]}), "results.json",
+     "metrics is [0.5], not a mapping"),
+    (lambda job: _rewrite_json(job / "results.json", lambda r: {**r, "metrics": {"val": 0.5}}), "results.json",
+     "metrics.val is 0.5, not a mapping"),
+    (lambda job: _rewrite_json(job / "results.json", lambda r: {**r, "metrics": {"val": {"oIoU": "0.5"}}}),
+     "results.json", "metrics.val.oIoU is '0.5', not a number"),
+    (lambda job: _rewrite_json(job / "results.json", lambda r: {**r, "params": {"total": "2M"}}), "results.json",
+     "params.total is '2M', not a number"),
+    (lambda job: (job / ".hydra/hydra.yaml").write_text("- a\n- b\n"), ".hydra/hydra.yaml",
+     "holds a list, not the dict Hydra writes"),
+    (lambda job: (job / ".hydra/hydra.yaml").write_text("hydra: [a]\n"), ".hydra/hydra.yaml",
+     "hydra is ['a'], not a mapping"),
+    (lambda job: (job / ".hydra/config.yaml").write_text("- a\n"), ".hydra/config.yaml", "holds a list"),
+    (lambda job: (job / "profile.json").write_text('{"params": {"tot'), "profile.json", "could not be read"),
+])
+def test_a_damaged_run_file_is_one_message_naming_it_and_no_report_is_left(tmp_path, capsys, damage, file, message):
+    root = tmp_path / "multirun"
+    write_job(root / "0", TABLE4A, ["model.head.iterations=0"], {"val": split_metrics(0.4, 0.4)})
+    damaged = write_job(root / "1", TABLE4A, ["model.head.iterations=1"], {"val": split_metrics(0.5, 0.5)})
+    damage(damaged)
+    assert main([str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{damaged / file}" in err and message in err and "is the run folder intact?" in err, err
+    assert sorted(p.name for p in root.iterdir()) == ["0", "1"]  # no report folder, not even an empty one
+
+
+def test_a_report_that_fails_midway_leaves_no_folder(table4a_sweep, monkeypatch):
+    def broken_plot(*args):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr("risbench.report.build.plot_comparison", broken_plot)
+    before = sorted(table4a_sweep.iterdir())
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        build_report([table4a_sweep])
+    assert sorted(table4a_sweep.iterdir()) == before
+
+
+def test_runs_on_other_data_or_scale_are_compared_apart_never_averaged(tmp_path):
+    root = tmp_path / "multirun"
+    write_job(root / "0", TABLE4A, ["model.head.iterations=1"], {"val": split_metrics(0.2, 0.2)})
+    write_job(root / "1", TABLE4A, ["model.head.iterations=1", "scale=paper", "data=refcoco"],
+              {"val": split_metrics(0.6, 0.6)}, data="refcoco", scale="paper")
+    report = build_report([root])
+    names = sorted(section.name for section in report.sections if section.name.startswith("sadlr_table4a"))
+    assert names == ["sadlr_table4a-refcoco-paper", "sadlr_table4a-synthref-tiny"]
+    tiny = csv_rows(report.folder / "sadlr_table4a-synthref-tiny.csv")["n=1"]
+    paper = csv_rows(report.folder / "sadlr_table4a-refcoco-paper.csv")["n=1"]
+    assert (float(tiny["val oIoU ours common-protocol"]), tiny["ours data"]) == (20.0, "synthref (tiny)")
+    assert (float(paper["val oIoU ours common-protocol"]), paper["ours data"]) == (60.0, "refcoco (paper)")
+    assert "sadlr table4a, refcoco (paper)" in (report.folder / "index.md").read_text().lower()
+
+
+def test_the_leaderboard_keeps_data_apart_and_shows_unknown_counts_as_missing(tmp_path):
+    from risbench.report.leaderboard import leaderboard
+    from risbench.report.runs import find_jobs
+
+    root = tmp_path / "runs"
+    lb = "synthref_leaderboard"
+    write_job(root / "0", lb, ["model=restr"], {"val": split_metrics(0.3, 0.3)}, choices={"model": "restr"})
+    write_job(root / "1", lb, ["model=restr", "scale=paper"], {"val": split_metrics(0.7, 0.7)}, scale="paper",
+              choices={"model": "restr"})
+    for job in ("0", "1"):  # older runs: no param count, no wall time
+        _rewrite_json(root / job / "results.json", lambda r: {k: v for k, v in r.items()
+                                                              if k not in ("params", "wall_time_s")})
+    rows, notes = leaderboard(find_jobs([root]))
+    assert [(row["data"], row["val mIoU"]) for row in rows] == [("synthref (paper)", 70.0), ("synthref (tiny)", 30.0)]
+    assert all(row["params (M)"] is None and row["train time (min)"] is None for row in rows)
+    assert "restr on synthref (tiny): no text-blind control (data.blind_text=true)" in notes

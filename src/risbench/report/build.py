@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +14,7 @@ import yaml
 
 from risbench.config import CONF_DIR
 from risbench.errors import RisbenchError
-from risbench.report.compare import belongs, compare
+from risbench.report.compare import belongs, compare, split_by_data
 from risbench.report.leaderboard import HEADERS as LEADERBOARD_HEADERS
 from risbench.report.leaderboard import is_leaderboard_job, leaderboard, run_dates
 from risbench.report.paper import load_papers
@@ -31,6 +34,14 @@ class Report:
     unassigned: list[Job] = field(default_factory=list)  # jobs of no paper table and not of the leaderboard
     skipped: list[str] = field(default_factory=list)  # tables the report cannot compare, and why
     wandb_runs: list[Path] = field(default_factory=list)
+    groups: dict[str, str | None] = field(default_factory=dict)  # section name -> the W&B group its jobs logged to
+
+    def relocate(self, old: Path, new: Path) -> None:
+        """The paths of a report folder renamed from ``old`` to ``new``."""
+        self.folder = new
+        self.files = [new / path.relative_to(old) for path in self.files]
+        for section in self.sections:
+            section.plot = None if section.plot is None else new / section.plot.relative_to(old)
 
 
 def report_folder(paths: list[Path], out: Path | None = None) -> Path:
@@ -53,6 +64,11 @@ def _paper_titles(experiments_dir: Path) -> dict[str, str]:
         title = str(data.get("title") or name)
         titles[name] = f"{title} ({data['venue']})" if data.get("venue") else title
     return titles
+
+
+def _file_stem(label: str) -> str:
+    """``refcoco (paper)`` -> ``refcoco-paper``."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")
 
 
 def _main_group(jobs: list[Job]) -> str | None:
@@ -110,10 +126,28 @@ def build_report(paths: list[Path], out: Path | None = None, formats: tuple[str,
                             "--experiments DIR")
     tables, titles = load_papers(experiments_dir), _paper_titles(experiments_dir)
     folder = report_folder(paths, out)
-    folder.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}-partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        report = _write_report(staging, jobs, tables, titles, formats, paths)
+    except BaseException:
+        shutil.rmtree(staging)  # a report that failed leaves nothing behind
+        raise
+    staging.rename(folder)  # the report appears whole, or not at all
+    report.relocate(staging, folder)
+    logged_wandb = [job.wandb for job in jobs if job.wandb]
+    if wandb or (wandb is None and logged_wandb):
+        from risbench.report.wandb_export import export
+
+        report.wandb_runs = export(report.sections, report.groups, folder, logged_wandb[0] if logged_wandb else {})
+    return report
+
+
+def _write_report(folder: Path, jobs: list[Job], tables, titles: dict[str, str], formats: tuple[str, ...],
+                  paths: list[Path]) -> Report:
     report = Report(folder, [])
     used: set[Path] = set()
-    groups: dict[str, str] = {}
     for table in tables:
         members = [job for job in jobs if belongs(job, table)]
         if not members:
@@ -122,15 +156,19 @@ def build_report(paths: list[Path], out: Path | None = None, formats: tuple[str,
         if table.skipped:
             report.skipped.append(f"{table.name}: {table.skipped} ({len(members)} jobs)")
             continue
-        comparison = compare(table, members)
-        plot = plot_comparison(comparison, folder / f"{table.name}.png")
-        report.sections.append(comparison_section(comparison, titles.get(table.paper, table.paper), plot))
-        groups[table.name] = _main_group(members)
+        by_data = split_by_data(table, members)
+        for data, group in by_data.items():
+            name = table.name if len(by_data) == 1 else f"{table.name}-{_file_stem(data)}"
+            comparison = compare(table, group)
+            plot = plot_comparison(comparison, folder / f"{name}.png")
+            report.sections.append(comparison_section(comparison, titles.get(table.paper, table.paper), plot, name,
+                                                      data if len(by_data) > 1 else None))
+            report.groups[name] = _main_group(group)
     board = [job for job in jobs if is_leaderboard_job(job)]
     if board:
         used.update(job.path for job in board)
         report.sections.append(_leaderboard_section(board, folder))
-        groups["synthref_leaderboard"] = _main_group(board)
+        report.groups["synthref_leaderboard"] = _main_group(board)
     report.unassigned = [job for job in jobs if job.path not in used]
     runs = _runs_section(jobs)
 
@@ -149,11 +187,6 @@ def build_report(paths: list[Path], out: Path | None = None, formats: tuple[str,
     if "html" in formats:
         (folder / "index.html").write_text(html_page("risbench report", intro, report.sections, runs))
         report.files.append(folder / "index.html")
-    logged_wandb = [job.wandb for job in jobs if job.wandb]
-    if wandb or (wandb is None and logged_wandb):
-        from risbench.report.wandb_export import export
-
-        report.wandb_runs = export(report.sections, groups, folder, logged_wandb[0] if logged_wandb else {})
     return report
 
 

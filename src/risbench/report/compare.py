@@ -141,6 +141,23 @@ def match_row(job: Job, table: PaperTable) -> tuple[PaperRow | None, str]:
     return fits[0], ""
 
 
+def split_by_data(table: PaperTable, jobs: list[Job]) -> dict[str, list[Job]]:
+    """A table's jobs by data and scale (by scale alone for a per-dataset table): runs on other data or at
+    another size are compared apart, never averaged into one row. Counts-only jobs (mode=profile) do not
+    depend on the data, so they join every group of their scale."""
+    def key(job: Job) -> str:
+        return f"scale {job.scale or '?'}" if table.kind == "per_dataset" else job.data_label
+
+    groups: dict[str, list[Job]] = {}
+    for job in (job for job in jobs if job.metrics):
+        groups.setdefault(key(job), []).append(job)
+    for job in (job for job in jobs if not job.metrics):
+        homes = [label for label, members in groups.items() if members[0].scale == job.scale] or [key(job)]
+        for label in homes:
+            groups.setdefault(label, []).append(job)
+    return groups
+
+
 def compare(table: PaperTable, jobs: list[Job]) -> Comparison:
     """Lay ``jobs`` (those of the table's experiments) beside the paper's rows."""
     results = [RowResult(row, [], []) for row in table.rows]

@@ -16,7 +16,7 @@ from risbench.report.runs import MISSING, Job
 
 EXPERIMENT = "synthref_leaderboard"
 SPLITS = ("val", "testA", "testB")
-HEADERS = ["model", "params (M)", "train time (min)", "steps", "train samples", "val mIoU", "testA mIoU",
+HEADERS = ["model", "data", "params (M)", "train time (min)", "steps", "train samples", "val mIoU", "testA mIoU",
            "testB mIoU", "blind val mIoU", "gap val", "seeds", "stopped early"]
 
 
@@ -47,27 +47,33 @@ def _samples(job: Job) -> float | None:
     return None if steps is None or batch is None else steps * batch * accumulate
 
 
+def _millions(value) -> float | None:
+    return None if value is None else value / 1e6
+
+
 def _miou(jobs: list[Job], split: str) -> float | None:
     return _mean(100 * job.metrics[split]["mIoU"] for job in jobs if "mIoU" in job.metrics.get(split, {}))
 
 
 def leaderboard(jobs: list[Job]) -> tuple[list[dict], list[str]]:
-    """One row per model (sorted by val mIoU), and the notes on what is missing."""
-    by_model: dict[str, dict[bool, list[Job]]] = defaultdict(lambda: {False: [], True: []})
+    """One row per model and data (sorted by val mIoU: runs on other data or at another scale are never
+    averaged together), and the notes on what is missing."""
+    by_model: dict[tuple[str, str], dict[bool, list[Job]]] = defaultdict(lambda: {False: [], True: []})
     for job in jobs:
         model = job.value("model")
         blind = job.value("data.blind_text")
-        by_model[str(model)][blind is not MISSING and canonical(blind) == "true"].append(job)
+        by_model[str(model), job.data_label][blind is not MISSING and canonical(blind) == "true"].append(job)
     rows, notes = [], []
-    for model, runs in by_model.items():
+    for (model, data), runs in by_model.items():
         text, blind = runs[False], runs[True]
         if not text:
-            notes.append(f"{model}: no run with the text (only the text-blind control)")
+            notes.append(f"{model} on {data}: no run with the text (only the text-blind control)")
         if not blind:
-            notes.append(f"{model}: no text-blind control (data.blind_text=true)")
-        row = {"model": model,
-               "params (M)": _mean(job.results.get("params", {}).get("total", 0) / 1e6 for job in text or blind),
-               "train time (min)": _mean(job.results.get("wall_time_s", 0) / 60 for job in text),
+            notes.append(f"{model} on {data}: no text-blind control (data.blind_text=true)")
+        row = {"model": model, "data": data,
+               "params (M)": _mean(_millions((job.results.get("params") or {}).get("total")) for job in text or blind),
+               "train time (min)": _mean(job.results["wall_time_s"] / 60 for job in text
+                                         if job.results.get("wall_time_s") is not None),
                "steps": _whole(_mean(job.results.get("steps") for job in text)),
                "train samples": _whole(_mean(_samples(job) for job in text))}
         for split in SPLITS:

@@ -134,7 +134,8 @@ def plot_leaderboard(rows: list[dict], path: Path, synthref: bool = True) -> Pat
         ys = [row.get(key) if row.get(key) is not None else 0.0 for row in rows]
         ax.bar(xs, ys, width, label=label, color=f"C{index}" if "blind" not in key else "0.6",
                hatch="//" if "blind" in key else None)
-    ax.set_xticks(range(len(rows)), [row["model"] for row in rows])
+    several_data = len({row["data"] for row in rows}) > 1
+    ax.set_xticks(range(len(rows)), [f"{row['model']}\n{row['data']}" if several_data else row["model"] for row in rows])
     ax.set_xlabel("model")
     ax.set_ylabel("mIoU (%), common protocol")
     ax.grid(alpha=0.3, axis="y")

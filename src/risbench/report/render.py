@@ -80,7 +80,9 @@ def write_csv(section: Section, path: Path) -> None:
         writer.writerows([csv_value(v) for v in record] for record in section.records)
 
 
-def comparison_section(comparison: Comparison, paper_title: str, plot: Path | None) -> Section:
+def comparison_section(comparison: Comparison, paper_title: str, plot: Path | None, name: str | None = None,
+                       data: str | None = None) -> Section:
+    """``name``/``data``: the file stem and the data of one of several groups of a table's jobs."""
     table = comparison.table
     protocols = sorted({job.protocol for job in comparison.jobs}) or ["the paper's"]
     where = f" on {table.dataset}" if table.dataset else ""
@@ -97,7 +99,11 @@ def comparison_section(comparison: Comparison, paper_title: str, plot: Path | No
                      "columns, with no paper number to compare.")
     unmatched = [f"`{u.job.path}`: {u.reason} (`{u.job.short_overrides(_common(comparison))}`)"
                  for u in comparison.unmatched]
-    return Section(table.name, f"{table.paper} {table.id}", [p for p in intro if p], comparison.headers(),
+    if data:
+        intro.append(f"Jobs on {data} only: the table's jobs on other data or at another scale are in its other "
+                     "sections.")
+    title = f"{table.paper} {table.id}" + (f", {data}" if data else "")
+    return Section(name or table.name, title, [p for p in intro if p], comparison.headers(),
                    comparison.records(), [("Missing rows (no job ran them)", comparison.missing),
                                           ("Jobs matching no row", unmatched)],
                    plot, comparison.synthref_tiny)

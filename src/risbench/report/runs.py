@@ -24,6 +24,7 @@ class Job:
     choices: dict[str, object]  # config group -> choice (.hydra/hydra.yaml runtime.choices)
     config: dict  # .hydra/config.yaml, unresolved
     override_strings: list[str] = field(default_factory=list)
+    profile: dict | None = None  # mode=profile's counts: results.json's, else profile.json's (older run folders)
 
     def value(self, key: str):
         """A setting of the job: an override as given, else its config group choice, else its config value."""
@@ -86,16 +87,10 @@ class Job:
         return str(((self.results.get("protocols") or {}).get("paper") or {}).get("name") or "paper")
 
     @property
-    def profile(self) -> dict | None:
-        if self.results.get("profile"):
-            return self.results["profile"]
-        path = self.path / "profile.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    @property
     def wandb(self) -> dict | None:
         """The job's W&B logger node (``logger=wandb``), or None."""
-        node = (self.config.get("logger") or {}).get("wandb")
+        loggers = self.config.get("logger")
+        node = loggers.get("wandb") if isinstance(loggers, dict) else None
         return node if isinstance(node, dict) else None
 
     def short_overrides(self, common: set[str]) -> str:
@@ -103,13 +98,82 @@ class Job:
         return " ".join(o for o in self.override_strings if o not in common) or "(none)"
 
 
+INTACT = "is the run folder intact? Rerun the job, or leave its folder out of the report's paths"
+
+
 def _yaml(path: Path, default):
+    """A .hydra/ file, of the same type as ``default`` (a mapping or a list)."""
     if not path.is_file():
         return default
     try:
-        return yaml.safe_load(path.read_text()) or default
+        value = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise RisbenchError(f"{path} is not valid YAML ({error}); is the run folder intact?") from None
+        raise RisbenchError(f"{path} is not valid YAML ({error}); {INTACT}") from None
+    if value is None:
+        return default
+    if not isinstance(value, type(default)):
+        raise RisbenchError(f"{path} holds a {type(value).__name__}, not the {type(default).__name__} Hydra writes; "
+                            f"{INTACT}")
+    return value
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RisbenchError(f"{path} could not be read ({error}); {INTACT}") from None
+    if not isinstance(value, dict):
+        raise RisbenchError(f"{path} holds a {type(value).__name__}, not the mapping risbench writes; {INTACT}")
+    return value
+
+
+def _check_number(path: Path, key: str, value) -> None:
+    """A real number ("0.5" as text would sort and average wrongly, so it is refused, never converted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RisbenchError(f"{path}: {key} is {value!r}, not a number; {INTACT}")
+
+
+def _check_mapping(path: Path, key: str, value) -> dict:
+    if not isinstance(value, dict):
+        raise RisbenchError(f"{path}: {key} is {value!r}, not a mapping; {INTACT}")
+    return value
+
+
+def _check_counts(path: Path, key: str, counts) -> None:
+    """``params``-like nodes: {"total": n, ...} with numbers (or lists of module prefixes)."""
+    for name, value in _check_mapping(path, key, counts).items():
+        if name != "prefixes":
+            _check_number(path, f"{key}.{name}", value)
+
+
+def _check_profile(path: Path, profile, key: str = "profile") -> dict:
+    _check_mapping(path, key, profile)
+    for name in ("params", "params_excluding"):
+        if profile.get(name) is not None:
+            _check_counts(path, f"{key}.{name}", profile[name])
+    for name in ("gmacs", "macs"):
+        if profile.get(name) is not None:
+            _check_number(path, f"{key}.{name}", profile[name])
+    for module, counts in _check_mapping(path, f"{key}.by_module", profile.get("by_module") or {}).items():
+        _check_counts(path, f"{key}.by_module.{module}", counts)
+    return profile
+
+
+def _check_results(path: Path, results: dict) -> None:
+    """What the report reads of results.json: metrics per split, counts and times are numbers."""
+    for split, metrics in _check_mapping(path, "metrics", results.get("metrics") or {}).items():
+        for name, value in _check_mapping(path, f"metrics.{split}", metrics).items():
+            _check_number(path, f"metrics.{split}.{name}", value)
+    for name in ("wall_time_s", "steps"):
+        if results.get(name) is not None:
+            _check_number(path, name, results[name])
+    if results.get("params") is not None:
+        _check_counts(path, "params", results["params"])
+    if results.get("profile"):
+        _check_profile(path, results["profile"])
+    overrides = results.get("overrides")
+    if overrides is not None and not isinstance(overrides, list):
+        raise RisbenchError(f"{path}: overrides is {overrides!r}, not a list; {INTACT}")
 
 
 def parse_overrides(strings: list[str]) -> dict[str, object]:
@@ -134,20 +198,25 @@ def parse_overrides(strings: list[str]) -> dict[str, object]:
 
 
 def read_job(results_path: Path) -> Job:
+    """A run folder's files, checked for what the report reads: a damaged file is one message naming it."""
     folder = results_path.parent
-    try:
-        results = json.loads(results_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RisbenchError(f"{results_path} could not be read ({error})") from None
+    results = _json(results_path)
+    _check_results(results_path, results)
     hydra_dir = folder / ".hydra"
-    strings = _yaml(hydra_dir / "overrides.yaml", None)
-    if strings is None:  # older run folders: results.json keeps the same list
+    strings = _yaml(hydra_dir / "overrides.yaml", [])
+    if not (hydra_dir / "overrides.yaml").is_file():  # older run folders: results.json keeps the same list
         strings = list(results.get("overrides") or [])
-    hydra = _yaml(hydra_dir / "hydra.yaml", {})
-    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    hydra_path = hydra_dir / "hydra.yaml"
+    choices = _yaml(hydra_path, {})
+    for key in ("hydra", "hydra.runtime", "hydra.runtime.choices"):
+        choices = _check_mapping(hydra_path, key, choices.get(key.rsplit(".", 1)[-1]) or {})
     config = _yaml(hydra_dir / "config.yaml", {})
+    profile = results.get("profile") or None
+    profile_path = folder / "profile.json"
+    if profile is None and profile_path.is_file():
+        profile = _check_profile(profile_path, _json(profile_path), key="the profile")
     return Job(folder, results, parse_overrides([str(s) for s in strings]), dict(choices), config,
-               [str(s) for s in strings])
+               [str(s) for s in strings], profile)
 
 
 def is_report_folder(path: Path) -> bool:

@@ -181,6 +181,17 @@ def test_profile_needs_no_data(tmp_path):
     assert sum(row["gmacs"] for row in report["by_module"].values()) == pytest.approx(report["gmacs"])
 
 
+@pytest.mark.parametrize("option, message", [
+    ("profile.batch_size=abc", "profile.batch_size='abc' is not a valid value: Input should be a valid integer"),
+    ("profile.batch_size=0", "profile.batch_size must be >= 1, got 0"),
+    ("profile.text_length=0", "profile.text_length must be >= 1, got 0"),  # was: the tokenizer's max_length
+])
+def test_bad_profile_options_are_refused_at_start_up(tmp_path, option, message):
+    result = cli(tmp_path, tmp_path / "no_data", "mode=profile", "tokenizer.vocab_size=64", option, expect_ok=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("profile.json"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["mode=eval"], "needs a checkpoint"),
     (["mode=eval", "ckpt_path=/nonexistent/model.ckpt"], "checkpoint not found: /nonexistent/model.ckpt"),

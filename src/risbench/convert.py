@@ -80,6 +80,10 @@ def overrides_for(wanted: dict, cfg: DictConfig, given: set[str]) -> list[str]:
 
 def fit_report(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
     """None when ``state`` has exactly the keys and shapes of ``expected``, else what differs."""
+    not_tensors = sorted(f"{key} ({type(value).__name__})" for key, value in state.items()
+                         if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        return f"{len(not_tensors)} values are not tensors {not_tensors[:3]}"
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
@@ -88,6 +92,18 @@ def fit_report(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
         return None
     return (f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
             f"{len(wrong)} of another shape (checkpoint vs model) {wrong[:3]}")
+
+
+def bert_vocab_size(state: dict[str, torch.Tensor], source: Path, missing: str, fix: str) -> int:
+    """The vocabulary size of the release's BERT (its word-embedding rows); a release without BERT is refused:
+    BERT is fine-tuned with the model, so no other BERT gives the paper's results."""
+    embeddings = state.get("text.bert.embeddings.word_embeddings.weight")
+    if embeddings is None:
+        raise RisbenchError(f"{source} holds no BERT weights: {missing}.\n  how to fix: {fix}")
+    if not isinstance(embeddings, torch.Tensor):
+        raise RisbenchError(f"{source}: BERT's word embeddings are a {type(embeddings).__name__}, not a tensor.\n"
+                            f"  how to fix: {fix}")
+    return embeddings.shape[0]
 
 
 def write_converted(state: dict[str, torch.Tensor], model_overrides: list[str], vocab_size: int, source: Path,
@@ -119,12 +135,19 @@ def convert_lavt_official(checkpoint_path: Path, out: Path, overrides: list[str]
     from risbench.models.lavt import official_checkpoint_filter_fn
 
     checkpoint = read_released_checkpoint(checkpoint_path, "LAVT checkpoint", LAVT_HINT)
-    state, dropped = official_checkpoint_filter_fn(checkpoint)
+    try:
+        state, dropped = official_checkpoint_filter_fn(checkpoint)
+    except RisbenchError as error:  # the filter knows the checkpoint's contents, not its file
+        raise RisbenchError(f"{checkpoint_path}: {error}") from None
     args = checkpoint.get("args")
     overrides = with_defaults(overrides)
     cfg = compose_config(overrides)
     extra = architecture_overrides(args, cfg, override_keys(overrides))
-    vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
+    vocab_size = bert_vocab_size(
+        state, checkpoint_path, "neither a 'bert_model' entry (where `lavt` checkpoints keep BERT) nor "
+        "model.text_encoder.* (where `lavt_one` ones do) has embeddings.word_embeddings.weight",
+        "pass the whole file LAVT's train.py wrote (a `lavt` checkpoint keeps BERT in 'bert_model' beside "
+        "'model'; 'model' alone has no BERT); the converter takes no separate BERT file")
     prefix = "base." if lavt_node(cfg) == "model.base" else ""
     state = {f"{prefix}{key}": value for key, value in state.items()}
     dataset = getattr(args, "dataset", None)
@@ -166,7 +189,10 @@ def convert_lgformer_official(checkpoint_path: Path, out: Path, overrides: list[
         arch = lgformer.official_architecture(args)
         extra = overrides_for({**{f"model.vision.{key}": value for key, value in arch["vision"].items()},
                                "data.img_size": arch["img_size"]}, cfg, override_keys(overrides))
-    vocab_size = state["text.bert.embeddings.word_embeddings.weight"].shape[0]
+    vocab_size = bert_vocab_size(
+        state, checkpoint_path, "its 'model' has no text_encoder.embeddings.word_embeddings.weight (LGFormer's "
+        "checkpoints keep BERT there)", f"{LGFORMER_HINT}, the whole file as released; the converter takes no "
+        "separate BERT file")
     dataset = getattr(args, "dataset", None)
     data = LGFORMER_DATASETS.get((dataset, getattr(args, "splitBy", None) if dataset == "refcocog" else None), [])
     eval_overrides = [*overrides, *data, *extra]

@@ -227,6 +227,32 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
     assert not (tmp_path / "out.ckpt").exists()
 
 
+@pytest.mark.parametrize("bert_model, message", [
+    (None, r"release.pth holds no BERT weights: neither a 'bert_model' entry .*no separate BERT file"),
+    ([1, 2], r"release.pth: the checkpoint's 'bert_model' is a list, not BERT's state dict"),
+], ids=["absent", "a list"])
+def test_a_release_without_usable_bert_is_one_clear_error(tmp_path, capsys, bert_model, message):
+    """A `lavt` file whose 'bert_model' is missing (only 'model' kept) or is not a state dict."""
+    official = {**read_official(), "bert_model": bert_model}
+    if bert_model is None:
+        del official["bert_model"]
+    torch.save(official, tmp_path / "release.pth")
+    assert main(["lavt-official", str(tmp_path / "release.pth"), str(tmp_path / "out.ckpt"),
+                 *node_overrides("model", NODES)]) == 2
+    assert re.search(message, capsys.readouterr().err, re.S) and not (tmp_path / "out.ckpt").exists()
+
+
+def test_a_release_with_a_value_that_is_not_a_tensor_is_one_clear_error(tmp_path, capsys):
+    official = read_official()
+    key = next(iter(official["model"]))
+    torch.save({**official, "model": {**official["model"], key: [1, 2]}}, tmp_path / "release.pth")
+    assert main(["lavt-official", str(tmp_path / "release.pth"), str(tmp_path / "out.ckpt"),
+                 *node_overrides("model", NODES)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and "1 values are not tensors" in err and "(list)" in err, err
+    assert not (tmp_path / "out.ckpt").exists()
+
+
 # --- every stage padded (window 3): the tower against the pad-then-shift reference block ---
 
 def perturb_swin(model: LAVT) -> None:

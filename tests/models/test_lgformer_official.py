@@ -156,3 +156,13 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
         convert_release(tmp_path / "other.pth", tmp_path / "out.ckpt", TINY)
     with pytest.raises(RisbenchError, match="does not fit the model"):  # the fixture's weights at paper widths
         convert_release(FIXTURES / "checkpoint.pth", tmp_path / "out.ckpt", TINY[:6])
+
+
+def test_a_release_without_bert_is_one_clear_error(tmp_path, capsys):
+    official = read_released_checkpoint(FIXTURES / "checkpoint.pth", "fixture", "")
+    model = {key: value for key, value in official["model"].items() if not key.startswith("text_encoder.")}
+    torch.save({**official, "model": model}, tmp_path / "release.pth")
+    assert main(["lgformer-official", str(tmp_path / "release.pth"), str(tmp_path / "out.ckpt"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "release.pth holds no BERT weights: its 'model' has no text_encoder.embeddings.word_embeddings" in err
+    assert "no separate BERT file" in err and not (tmp_path / "out.ckpt").exists()

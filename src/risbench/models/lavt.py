@@ -158,6 +158,10 @@ def official_checkpoint_filter_fn(checkpoint: dict) -> tuple[dict[str, torch.Ten
     official = dict(model)
     bert = checkpoint.get("bert_model")
     if bert is not None:  # `lavt`: BERT saved beside the model
+        if not isinstance(bert, dict):
+            raise RisbenchError(f"the checkpoint's 'bert_model' is a {type(bert).__name__}, not BERT's state dict "
+                                "(weight name -> tensor) as LAVT's train.py saves it.\n  how to fix: pass the "
+                                "checkpoint file LAVT's code wrote (github.com/yz93/LAVT-RIS), unchanged")
         if any(key.startswith("text_encoder.") for key in official):
             raise RisbenchError("the checkpoint holds BERT twice ('bert_model' and model.text_encoder.*)")
         official.update({f"text_encoder.{key}": value for key, value in bert.items()})

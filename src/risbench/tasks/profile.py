@@ -9,10 +9,23 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from risbench.config import check_value_type
 from risbench.data.tokenizers import build_tokenizer
 from risbench.errors import RisbenchError
 from risbench.profiling import MAC_NOTES, count_macs, count_params, params_by_module
 from risbench.tasks.common import build_net, log, run_dir, tokenizer_kwargs, write_results
+
+
+def check_profile_options(options: DictConfig) -> None:
+    """``profile.batch_size`` and ``profile.text_length`` (null = the tokenizer's max_length) before anything is
+    built: a bad one would end in a traceback inside the forward."""
+    for key, wanted, fix in (("batch_size", int, "give 1 or more samples"),
+                             ("text_length", int | None, "give 1 or more tokens, or null for the tokenizer's "
+                                                         "max_length")):
+        value = options.get(key)
+        check_value_type(value, wanted, f"profile.{key}")
+        if value is not None and int(value) < 1:
+            raise RisbenchError(f"profile.{key} must be >= 1, got {value}\n  how to fix: {fix}")
 
 
 def vocab_size_for_profile(cfg: DictConfig) -> int:
@@ -39,10 +52,11 @@ def dummy_batch(batch_size: int, img_size: int, text_length: int, vocab_size: in
 
 def profile(cfg: DictConfig) -> dict:
     started = time.time()
+    check_profile_options(cfg.profile)
     vocab_size = vocab_size_for_profile(cfg)
     net = build_net(cfg, vocab_size)
     img_size = int(cfg.data.img_size)
-    text_length = int(cfg.profile.text_length or cfg.tokenizer.max_length)
+    text_length = int(cfg.tokenizer.max_length if cfg.profile.text_length is None else cfg.profile.text_length)
     batch = dummy_batch(int(cfg.profile.batch_size), img_size, text_length, vocab_size)
     macs, macs_by_module = count_macs(net, batch)
     params = count_params(net)

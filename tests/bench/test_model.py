@@ -35,8 +35,7 @@ def test_the_command_writes_every_cell_to_a_new_bench_json(tmp_path):
     assert cells == [("fp32", "forward"), ("fp32", "train_step"), ("bf16", "forward"), ("bf16", "train_step")]
     assert all(len(row["process_medians_ms"]) == 2 for row in report["rows"])
     assert report["macs"]["train_step"] > 2 * report["macs"]["forward"]  # backward costs about twice the forward
-    with pytest.raises(FileExistsError):  # an earlier measurement is never written over
-        main([*TINY_RESTR, "bench.processes=1", "bench.repeats=1", f"bench.out={out}"])
+    assert main([*TINY_RESTR, "bench.processes=1", "bench.repeats=1", f"bench.out={out}"]) == 2  # never written over
 
 
 @pytest.mark.parametrize("option, message", [
@@ -54,3 +53,11 @@ def test_bad_bench_option_is_one_line_error(option, message, capsys):
 def test_a_bad_override_is_one_message_before_any_folder_is_made(override, message, tmp_path, capsys):
     assert main([override, f"bench.out={tmp_path / 'bench'}"]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "bench").exists()
+
+
+def test_an_existing_bench_folder_is_refused_before_measuring(tmp_path, capsys):
+    (tmp_path / "bench").mkdir()
+    assert main([*TINY_RESTR, f"bench.out={tmp_path / 'bench'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"bench.out={tmp_path / 'bench'} exists already" in err and "Traceback" not in err
+    assert not list((tmp_path / "bench").iterdir())

@@ -20,17 +20,14 @@ BATCHES = 20
 WORKERS = (0, 1, 2)
 
 
-def throughput(datamodule, num_workers: int, batches: int = BATCHES) -> float:
-    """Train-loader samples per second with `num_workers` workers."""
+def throughput(datamodule, num_workers: int, batches: int) -> float:
+    """Train-loader samples per second with `num_workers` workers over `batches` batches after the first."""
     datamodule.num_workers = num_workers
     loader = iter(datamodule.train_dataloader())
-    next(loader)
+    next(loader)  # untimed: workers start
     samples, started = 0, time.perf_counter()
     for _ in range(batches):
-        batch = next(loader, None)
-        if batch is None:
-            break
-        samples += batch["image"].shape[0]
+        samples += next(loader)["image"].shape[0]
     return samples / (time.perf_counter() - started)
 
 
@@ -44,14 +41,22 @@ def main(argv: list[str]) -> int:
         datamodule.prepare_data()
         tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
         datamodule.set_tokenizer(build_tokenizer(**{k: v for k, v in tokenizer_cfg.items() if v is not None}))
+        if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
+            raise RisbenchError(f"data.batch_size must be a whole number >= 1, got {cfg.data.batch_size!r}")
         datamodule.setup("fit")
+        available = len(datamodule.train_dataloader()) - 1  # the first batch is untimed
+        if available < 1:
+            raise RisbenchError(f"the train split gives {available + 1} batch of data.batch_size="
+                                f"{cfg.data.batch_size}: nothing left to time after the first.\n  how to fix: a "
+                                "smaller data.batch_size (or more training samples)")
     except RisbenchError as error:
         print(f"risbench bench data: {error}", file=sys.stderr)
         return 2
+    batches = min(BATCHES, available)
     print(f"train loader, {datamodule.dataset}, {datamodule.transform.size} px {datamodule.transform.resize}, "
-          f"batch {datamodule.batch_size}, {BATCHES} batches")
+          f"batch {datamodule.batch_size}, {batches} batches timed after the first")
     for workers in WORKERS:
-        print(f"  num_workers={workers}: {throughput(datamodule, workers):8.1f} samples/s", flush=True)
+        print(f"  num_workers={workers}: {throughput(datamodule, workers, batches):8.1f} samples/s", flush=True)
     return 0
 
 

@@ -211,11 +211,13 @@ def main(argv: list[str]) -> int:
     try:
         options, overrides = parse(argv)
         check_config_types(compose_config([*BENCH_DEFAULTS, *overrides]))  # one message before any folder is made
+        folder = out_dir(options["out"], overrides)
+        if folder.exists():  # checked before minutes of measuring; never written over
+            raise RisbenchError(f"bench.out={folder} exists already (an earlier measurement is never written over)"
+                                ".\n  how to fix: give another bench.out, or move that folder away")
     except RisbenchError as error:
         print(f"risbench error: {error}", file=sys.stderr)
         return 2
-    folder = out_dir(options["out"], overrides)
-    folder.mkdir(parents=True, exist_ok=False)  # never write over an earlier measurement
     macs = _child(["--macs", *argv])
     rows = []
     for precision in options["precisions"]:
@@ -227,6 +229,7 @@ def main(argv: list[str]) -> int:
               "threads": cells[0]["threads"], "img_size": cells[0]["img_size"], "rows": rows,
               "protocol": "fresh process per cell and repeat; warm-up iterations untimed; median of "
                           "per-process medians; CPU memory = peak RSS of the process"}
+    folder.mkdir(parents=True, exist_ok=False)  # only now: a failed measurement leaves no empty folder
     (folder / "bench.json").write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"written to {folder / 'bench.json'}")

@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from risbench.errors import RisbenchError
+from risbench.errors import RisbenchError, check_can_create
 
 # conf/ sits at the repository root (installed in editable mode, as the README says)
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -57,7 +57,8 @@ register_resolvers()
 
 
 class FreshRunFolder(Callback):
-    """Hydra callback: a run starts only in a folder that holds nothing yet, unless ``overwrite=true``.
+    """Hydra callback: a run starts only in a folder it can write that holds nothing yet, unless
+    ``overwrite=true``.
 
     It runs before Hydra writes anything (``.hydra/``, the log), so an earlier run's config, checkpoints and
     logs are never touched. DDP ranks other than 0 re-enter the same folder on purpose and are let through.
@@ -71,6 +72,11 @@ class FreshRunFolder(Callback):
 
     @staticmethod
     def _check(folder: Path, config: DictConfig, key: str) -> None:
+        try:
+            check_can_create(folder, key)
+        except RisbenchError as error:
+            print(f"\nrisbench error: {error}", file=sys.stderr)
+            sys.exit(2)
         if config.get("overwrite", False) or any(int(os.environ.get(v, "0") or 0) > 0 for v in ("LOCAL_RANK", "RANK")):
             return
         if folder.is_dir() and any(folder.iterdir()):

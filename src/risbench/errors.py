@@ -3,6 +3,9 @@
 The CLI catches `RisbenchError`, prints its message and exits with status 2.
 """
 
+import os
+from pathlib import Path
+
 
 class RisbenchError(Exception):
     """A problem the user can fix (missing file, bad key, wrong checkpoint); its message says how."""
@@ -17,3 +20,18 @@ class MissingFileError(RisbenchError):
             msg += f"\n  how to fix: {hint}"
         super().__init__(msg)
         self.path = path
+
+
+def check_can_create(path, key: str) -> None:
+    """Refuse, before any work is done, a ``key=path`` that cannot be made or written into: a file stands
+    where a folder must be, or the nearest existing folder is not writable."""
+    path = Path(path).absolute()
+    nearest = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not nearest.is_dir():
+        problem = f"{nearest} is a file, not a folder"
+    elif not os.access(nearest, os.W_OK):
+        problem = f"no permission to write in {nearest}"
+    else:
+        return
+    raise RisbenchError(f"{key}={path} cannot be written: {problem}.\n  how to fix: give {key} a path in a "
+                        "folder you can write")

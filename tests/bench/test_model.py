@@ -61,3 +61,12 @@ def test_an_existing_bench_folder_is_refused_before_measuring(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"bench.out={tmp_path / 'bench'} exists already" in err and "Traceback" not in err
     assert not list((tmp_path / "bench").iterdir())
+
+
+def test_a_bench_folder_under_a_file_is_refused_before_measuring(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep\n")
+    assert main([*TINY_RESTR, f"bench.out={blocker / 'bench'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"bench.out={blocker / 'bench'} cannot be written: {blocker} is a file, not a folder" in err
+    assert "fp32" not in err and blocker.read_text() == "keep\n"

@@ -39,5 +39,5 @@ def test_an_out_path_that_cannot_be_written_is_one_message(tiny_synthref_dir, tm
     out = blocker / "words.txt"
     args = ["data=synthref", f"paths.synthref_dir={tiny_synthref_dir}", "data.synthref=null", f"out={out}"]
     assert main(args) == 2
-    assert f"cannot write the vocabulary to {out}: {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert f"out={out} cannot be written: {blocker} is a file, not a folder" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder\n"

@@ -157,6 +157,17 @@ def test_a_fixed_sweep_folder_twice_is_refused(tmp_path):
     assert digest(tmp_path / "sweep") == before
 
 
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_run_folder_under_a_file_is_one_message(tmp_path, key):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep\n")
+    sweep = ["-m", "seed=1"] if key == "hydra.sweep.dir" else []
+    result = risbench(tmp_path, tmp_path / "no_data", *sweep, "mode=profile", "tokenizer.vocab_size=64",
+                      f"{key}={blocker / 'run'}", small_data=False)
+    one_message(result, 2, f"{key}={blocker / 'run'} cannot be written: {blocker} is a file, not a folder")
+    assert blocker.read_text() == "keep\n"
+
+
 # ------------------------------------------------------------------------------------------- one clear message
 @pytest.mark.parametrize("args, message", [
     (["model=restr", "data.img_size=33"], "data.img_size=33 (model.img_size) must be a multiple of ReSTR's patch size 4"),
@@ -164,6 +175,9 @@ def test_a_fixed_sweep_folder_twice_is_refused(tmp_path):
     (["model.head.iterations=-1"], "model.head.iterations must be >= 0 (0 = the base's own classifier), got -1"),
     (["model.head.structure=d12x"], "model.head.structure must look like d128-512 or d128-512x2"),
     (["eval.ckpt_select=worst"], "eval.ckpt_select must be 'best' or 'last', got 'worst'"),
+    (["data.batch_size=0"], "data.batch_size must be a whole number >= 1, got 0"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size must be a whole number >= 1, got 0"),
+    (["data.max_train_samples=0"], "data.max_train_samples must be a whole number >= 1, got 0"),
 ])
 def test_errors_inside_constructors_are_one_message(tmp_path, data_dir, args, message):
     one_message(risbench(tmp_path, data_dir, *args, "trainer.max_steps=1"), 2, message)

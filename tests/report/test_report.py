@@ -197,6 +197,14 @@ def test_user_errors_are_one_message(tmp_path, capsys):
         build_report([tmp_path], formats=("pdf",))
 
 
+def test_a_report_folder_under_a_file_is_one_message(table4a_sweep, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep\n")
+    assert main([str(table4a_sweep), "--out", str(blocker / "report")]) == 2
+    assert f"--out={blocker / 'report'} cannot be written: {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "keep\n" and not list(table4a_sweep.glob("report*"))
+
+
 @pytest.mark.slow
 def test_wandb_gets_the_tables_and_plots_offline(table4a_sweep, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "")

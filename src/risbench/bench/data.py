@@ -41,8 +41,6 @@ def main(argv: list[str]) -> int:
         datamodule.prepare_data()
         tokenizer_cfg = OmegaConf.to_container(cfg.tokenizer, resolve=True)
         datamodule.set_tokenizer(build_tokenizer(**{k: v for k, v in tokenizer_cfg.items() if v is not None}))
-        if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
-            raise RisbenchError(f"data.batch_size must be a whole number >= 1, got {cfg.data.batch_size!r}")
         datamodule.setup("fit")
         available = len(datamodule.train_dataloader()) - 1  # the first batch is untimed
         if available < 1:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from risbench.config import check_config_types, compose_config, split_options
-from risbench.errors import RisbenchError
+from risbench.errors import RisbenchError, check_can_create
 from risbench.models.common.attention import explicit_attention
 from risbench.tasks.profile import dummy_batch
 
@@ -215,6 +215,7 @@ def main(argv: list[str]) -> int:
         if folder.exists():  # checked before minutes of measuring; never written over
             raise RisbenchError(f"bench.out={folder} exists already (an earlier measurement is never written over)"
                                 ".\n  how to fix: give another bench.out, or move that folder away")
+        check_can_create(folder, "bench.out")
     except RisbenchError as error:
         print(f"risbench error: {error}", file=sys.stderr)
         return 2

@@ -165,6 +165,11 @@ class ReferDataModule(L.LightningDataModule):
             raise RisbenchError(f"data.train_sampling must be one of {TRAIN_SAMPLING}, got {train_sampling!r}")
         if mask_union not in MASK_UNIONS:
             raise RisbenchError(f"data.mask_union must be one of {MASK_UNIONS}, got {mask_union!r}")
+        for key, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                  ("num_workers", num_workers, 0), ("max_train_samples", max_train_samples, 1),
+                                  ("max_eval_samples", max_eval_samples, 1)):
+            if value is not None and value < least:  # 0 batch size fails deep in the sampler; 0 samples trains on none
+                raise RisbenchError(f"data.{key} must be a whole number >= {least}, got {value!r}")
         self.dataset, self.split_by = dataset, split_by
         self.data_dir = Path(data_dir).expanduser()
         self.image_dir = Path(image_dir).expanduser() if image_dir else self.data_dir / "images"
@@ -174,7 +179,7 @@ class ReferDataModule(L.LightningDataModule):
             None if test_splits is None else list(test_splits))
         self.transform = InputTransform(img_size, resize, normalize)
         self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.eval_batch_size = int(batch_size if eval_batch_size is None else eval_batch_size)
         self.num_workers = int(num_workers)
         self.train_sampling, self.mask_union = train_sampling, mask_union
         self.blind_text, self.blind_placeholder = bool(blind_text), blind_placeholder

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from risbench.config import CONFIG_ERRORS, compose_config, config_error_message, instantiate_node, split_options
 from risbench.data.tokenizers import glove_tokenize
-from risbench.errors import RisbenchError
+from risbench.errors import RisbenchError, check_can_create
 
 
 def training_words(datamodule, min_count: int = 1) -> list[str]:
@@ -39,11 +39,7 @@ def positive_count(text: str) -> int:
 
 
 def write_new(out: Path, text: str) -> None:
-    """Write ``text`` to a new file ``out``, its folders made; a path that cannot be written is one message."""
-    nearest = next(folder for folder in out.parents if folder.exists())
-    if not nearest.is_dir():
-        raise RisbenchError(f"cannot write the vocabulary to {out}: {nearest} is a file, not a folder; "
-                            "pass out= a path in a folder you can write")
+    """Write ``text`` to a new file ``out``, its folders made; a failed write is one message."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("x", encoding="utf-8") as file:
@@ -63,6 +59,7 @@ def main(argv: list[str]) -> int:
         out = Path(options["out"] or Path(cfg.paths.weights_dir) / "restr" / f"words_{datamodule.dataset}.txt")
         if out.exists():
             raise RisbenchError(f"{out} exists already; pass out=OTHER_PATH (existing files are never overwritten)")
+        check_can_create(out, "out")
         words = training_words(datamodule, min_count)
         if len(words) == 2:
             raise RisbenchError(f"no word of {datamodule.dataset}'s {datamodule.train_split} split is seen "

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from risbench.config import CONF_DIR
-from risbench.errors import RisbenchError
+from risbench.errors import RisbenchError, check_can_create
 from risbench.report.compare import belongs, compare, split_by_data
 from risbench.report.leaderboard import HEADERS as LEADERBOARD_HEADERS
 from risbench.report.leaderboard import is_leaderboard_job, leaderboard, run_dates
@@ -53,6 +53,7 @@ def report_folder(paths: list[Path], out: Path | None = None) -> Path:
     candidate, n = out, 2
     while candidate.exists():
         candidate, n = out.with_name(f"{out.name}-{n}"), n + 1
+    check_can_create(candidate, "--out")
     return candidate
 
 

@@ -73,7 +73,7 @@ class FreshRunFolder(Callback):
     @staticmethod
     def _check(folder: Path, config: DictConfig, key: str) -> None:
         try:
-            check_can_create(folder, key)
+            check_can_create(folder, key, is_folder=True)
         except RisbenchError as error:
             print(f"\nrisbench error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from risbench.config import compose_config
-from risbench.errors import RisbenchError
+from risbench.errors import RisbenchError, check_can_create
 
 LAVT_TARGET = "risbench.models.lavt.LAVT"
 LAVT_HINT = "pass a checkpoint file of LAVT's code (github.com/yz93/LAVT-RIS, README 'Trained Weights of LAVT')"
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the model the weights go into")
     options = parser.parse_args(argv)
     try:
+        check_can_create(options.out, "out")
         summary = FORMATS[options.format](options.checkpoint, options.out, options.overrides)
     except RisbenchError as error:
         print(f"\nrisbench error: {error}", file=sys.stderr)

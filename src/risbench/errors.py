@@ -22,11 +22,12 @@ class MissingFileError(RisbenchError):
         self.path = path
 
 
-def check_can_create(path, key: str) -> None:
-    """Refuse, before any work is done, a ``key=path`` that cannot be made or written into: a file stands
-    where a folder must be, or the nearest existing folder is not writable."""
+def check_can_create(path, key: str, is_folder: bool = False) -> None:
+    """Refuse, before any work is done, a ``key=path`` that cannot be made: a file stands where a folder
+    must be (``path`` itself too when it ``is_folder``), or the nearest existing folder is not writable.
+    Whether ``path`` may exist already is the caller's rule."""
     path = Path(path).absolute()
-    nearest = next(folder for folder in (path, *path.parents) if folder.exists())
+    nearest = next(folder for folder in ((path,) if is_folder else ()) + tuple(path.parents) if folder.exists())
     if not nearest.is_dir():
         problem = f"{nearest} is a file, not a folder"
     elif not os.access(nearest, os.W_OK):

@@ -210,6 +210,10 @@ def test_command_line(tmp_path, capsys):
     written = out.read_bytes()
     assert main(["lavt-official", str(FIXTURES / "checkpoint.pth"), str(out), *node_overrides("model", NODES)]) == 2
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == written  # never overwritten
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep\n")
+    assert main(["lavt-official", str(FIXTURES / "checkpoint.pth"), str(blocker / "x.ckpt")]) == 2
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err and blocker.read_text() == "keep\n"
 
 
 def test_bad_checkpoints_are_one_clear_error(tmp_path):

@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
         if folder.exists():  # checked before minutes of measuring; never written over
             raise RisbenchError(f"bench.out={folder} exists already (an earlier measurement is never written over)"
                                 ".\n  how to fix: give another bench.out, or move that folder away")
-        check_can_create(folder, "bench.out")
+        check_can_create(folder, "bench.out", is_folder=True)
     except RisbenchError as error:
         print(f"risbench error: {error}", file=sys.stderr)
         return 2

@@ -53,7 +53,7 @@ def report_folder(paths: list[Path], out: Path | None = None) -> Path:
     candidate, n = out, 2
     while candidate.exists():
         candidate, n = out.with_name(f"{out.name}-{n}"), n + 1
-    check_can_create(candidate, "--out")
+    check_can_create(candidate, "--out", is_folder=True)
     return candidate
 
 
